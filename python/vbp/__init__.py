@@ -1,0 +1,20 @@
+"""vbp: Variance-Based Pruning of trained networks (arXiv 2507.12988).
+
+    model + data --calibrate--> Stats --select--> Plan --prune--> pruned model --save_pruned--> file
+"""
+
+from .calibrate import calibrate
+from .checkpoint import load_pruned, save_pruned
+from .count import count
+from .errors import VbpError
+from .models import create_model
+from .plan import Plan
+from .prune import prune
+from .select import select
+from .sites import MlpSite, find_sites
+from .stats import Moments, Stats
+
+__all__ = [
+    "MlpSite", "Moments", "Plan", "Stats", "VbpError", "calibrate", "count", "create_model", "find_sites",
+    "load_pruned", "prune", "save_pruned", "select",
+]

@@ -1,0 +1,80 @@
+"""How vbp writes and reads its files.
+
+Every write is atomic: it goes to a temporary name in the target folder, then is renamed over the
+target, so a failed or interrupted run never leaves a half-written file and never touches a file the
+user already had until the new one is complete. Tensors go to safetensors files whose metadata holds a
+JSON document under the key "vbp" (with a "format" tag); nothing is ever unpickled.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .errors import VbpError
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Create the parent folder if needed and check a file can be written there, before any work."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VbpError(f"cannot create the folder for {path}: {exc.strerror}; choose another output path") from exc
+    if path.is_dir():
+        raise VbpError(f"{path} is a folder; give a file name")
+    if not os.access(path.parent, os.W_OK):
+        raise VbpError(f"cannot write to {path.parent}: permission denied; choose another output path")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed."""
+    path = check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically write `tensors` (moved to CPU, made contiguous) with `meta` as JSON metadata."""
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(cpu, tmp, metadata={"vbp": json.dumps(meta)})
+
+
+def read_safetensors(path: str | os.PathLike, expected_format: str, what: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a vbp safetensors file and its JSON metadata; clear errors for a missing, corrupt or foreign file."""
+    if not os.path.isfile(path):
+        raise VbpError(f"{what} file {path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads(f.metadata()["vbp"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        raise VbpError(f"{path} is not a readable vbp {what} file ({exc}); it may be truncated or of another kind") from exc
+    if not isinstance(meta, dict) or meta.get("format") != expected_format:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise VbpError(f"{path} holds '{found}', not vbp {what} ('{expected_format}')")
+    return tensors, meta

@@ -1,0 +1,72 @@
+"""A pruning plan: which hidden neurons of every MLP site to keep. Serializable as JSON."""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import VbpError
+from .files import write_text_atomic
+
+FORMAT = "vbp-plan/1"
+
+
+@dataclass
+class Plan:
+    """model: timm name; ratio, scope: how it was chosen; widths: original width per site;
+    keep: sorted indices of the kept neurons per site."""
+
+    model: str
+    ratio: float
+    scope: str
+    widths: dict[str, int]
+    keep: dict[str, list[int]]
+
+    def kept(self, site: str) -> torch.Tensor:
+        """Kept neuron indices of a site, int64 [K], ascending."""
+        return torch.tensor(self.keep[site], dtype=torch.int64)
+
+    def pruned(self, site: str) -> torch.Tensor:
+        """Pruned neuron indices of a site, int64 [P], ascending."""
+        mask = torch.ones(self.widths[site], dtype=torch.bool)
+        mask[self.kept(site)] = False
+        return mask.nonzero().flatten()
+
+    @property
+    def kept_widths(self) -> dict[str, int]:
+        return {name: len(k) for name, k in self.keep.items()}
+
+    @property
+    def pruned_fraction(self) -> float:
+        """Fraction of all hidden neurons this plan removes."""
+        return 1 - sum(self.kept_widths.values()) / sum(self.widths.values())
+
+    def save(self, path: str | os.PathLike) -> None:
+        doc = {"format": FORMAT, "model": self.model, "ratio": self.ratio, "scope": self.scope,
+               "widths": self.widths, "keep": self.keep}
+        write_text_atomic(path, json.dumps(doc))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+        except FileNotFoundError as exc:
+            raise VbpError(f"plan file {path} does not exist") from exc
+        except (OSError, ValueError) as exc:
+            raise VbpError(f"{path} is not a readable plan file ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise VbpError(f"{path} is not a vbp plan file (expected format '{FORMAT}')")
+        plan = cls(doc["model"], doc["ratio"], doc["scope"], doc["widths"], doc["keep"])
+        plan.validate()
+        return plan
+
+    def validate(self) -> None:
+        """Raise VbpError unless every site keeps at least one valid, unique, sorted index."""
+        if set(self.keep) != set(self.widths):
+            raise VbpError("plan is inconsistent: kept indices and widths name different sites")
+        for name, keep in self.keep.items():
+            width = self.widths[name]
+            if not keep or keep != sorted(set(keep)) or keep[0] < 0 or keep[-1] >= width:
+                raise VbpError(f"plan keeps an invalid set of neurons at site '{name}' (width {width})")

@@ -1,0 +1,77 @@
+"""Choose which neurons to prune from their activation variance (lowest variance goes first)."""
+
+import torch
+
+from .errors import VbpError
+from .plan import Plan
+from .stats import Stats
+
+SCOPES = ("global", "layer")
+
+
+def check_ratio(ratio: float) -> float:
+    if not 0 <= ratio < 1:
+        raise VbpError(f"ratio must be in [0, 1) (the fraction of MLP hidden neurons removed), got {ratio}")
+    return float(ratio)
+
+
+def select(stats: Stats, ratio: float, scope: str = "global", min_keep: int = 1, round_to: int = 1) -> Plan:
+    """A Plan that removes `ratio` of all MLP hidden neurons, those of lowest variance.
+
+    scope="global" ranks all neurons of all sites together (the paper's choice; prunes unevenly across
+    layers); scope="layer" removes `ratio` of each site. Every site keeps at least `min_keep` neurons
+    (its highest-variance ones). round_to=N then rounds each kept width to the nearest multiple of N
+    (at least N, at most the full width), which moves the total slightly off `ratio`.
+    """
+    check_ratio(ratio)
+    if scope not in SCOPES:
+        raise VbpError(f"scope must be one of {SCOPES}, got '{scope}'")
+    widths = stats.widths
+    if min_keep < 1 or min_keep > min(widths.values()):
+        raise VbpError(f"min_keep must be between 1 and the smallest site width ({min(widths.values())}), got {min_keep}")
+    if round_to < 1:
+        raise VbpError(f"round_to must be at least 1, got {round_to}")
+    variances = {name: stats.variance(name).detach().cpu() for name in widths}
+
+    if scope == "layer":
+        n_pruned = {name: min(round(ratio * w), w - min_keep) for name, w in widths.items()}
+    else:
+        n_pruned = _global_prune_counts(variances, ratio, min_keep)
+
+    keep = {}
+    for name, width in widths.items():
+        kept = _rounded_width(width - n_pruned[name], width, round_to, min_keep)
+        top = torch.topk(variances[name], kept, sorted=False).indices
+        keep[name] = sorted(top.tolist())
+    return Plan(stats.model, ratio, scope, dict(widths), keep)
+
+
+def _global_prune_counts(variances: dict[str, torch.Tensor], ratio: float, min_keep: int) -> dict[str, int]:
+    """How many neurons each site loses when the lowest-variance neurons of all sites go first.
+
+    The `min_keep` highest-variance neurons of each site are protected, so no site is emptied and the
+    total removed is exactly round(ratio * all neurons) whenever that leaves each site min_keep.
+    """
+    names = list(variances)
+    total = sum(v.numel() for v in variances.values())
+    n_prune = round(ratio * total)
+    candidates, owners = [], []
+    for i, name in enumerate(names):
+        v = variances[name]
+        order = torch.argsort(v, stable=True)
+        candidates.append(v[order[: v.numel() - min_keep]])
+        owners.append(torch.full((v.numel() - min_keep,), i))
+    candidates, owners = torch.cat(candidates), torch.cat(owners)
+    if n_prune > candidates.numel():
+        raise VbpError(f"ratio {ratio} would leave some site with fewer than min_keep={min_keep} neurons; lower the ratio")
+    lowest = torch.argsort(candidates, stable=True)[:n_prune]
+    counts = torch.bincount(owners[lowest], minlength=len(names))
+    return {name: int(counts[i]) for i, name in enumerate(names)}
+
+
+def _rounded_width(kept: int, width: int, round_to: int, min_keep: int) -> int:
+    if round_to == 1:
+        return kept
+    floor_multiple = -(-min_keep // round_to) * round_to  # smallest multiple of round_to >= min_keep
+    nearest = int((kept + round_to / 2) // round_to) * round_to
+    return min(width, max(floor_multiple, nearest))

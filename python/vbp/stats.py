@@ -1,0 +1,131 @@
+"""Per-neuron activation statistics: count, mean and M2 (sum of squared deviations), all in float64.
+
+Batches are reduced with a float64 two-pass in chunks and merged with Chan's formula, so the result is
+as exact as a float64 two-pass over all the data, whatever the order, split or size of the batches.
+E[x^2] - E[x]^2 is never formed: it cancels catastrophically for exactly the low-variance neurons VBP prunes.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import VbpError
+from .files import read_safetensors, write_safetensors
+
+# Rows of a batch reduced at once: bounds the float64 copy to ~128 MB whatever the batch size.
+_CHUNK_ELEMENTS = 1 << 24
+FORMAT = "vbp-stats/1"
+
+
+@dataclass(frozen=True)
+class Moments:
+    """count (samples seen), mean [C] and m2 [C] (sum of squared deviations from the mean), float64."""
+
+    count: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def zeros(cls, width: int, device: torch.device | str = "cpu") -> "Moments":
+        z = torch.zeros(width, dtype=torch.float64, device=device)
+        return cls(0, z, z.clone())
+
+    @classmethod
+    def of(cls, x: torch.Tensor) -> "Moments":
+        """Moments of x [N, C] over its N rows (every row one sample)."""
+        if x.dim() != 2 or not x.is_floating_point():
+            raise VbpError(f"expected a floating [N, C] tensor, got {x.dtype} of shape {tuple(x.shape)}")
+        acc = cls.zeros(x.shape[1], x.device)
+        rows = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
+        for chunk in x.split(rows):
+            var, mean = torch.var_mean(chunk.double(), dim=0, correction=0)
+            acc = acc.merge(cls(chunk.shape[0], mean, var * chunk.shape[0]))
+        return acc
+
+    def merge(self, other: "Moments") -> "Moments":
+        """Chan et al.'s parallel combination of two disjoint sets of samples."""
+        if other.mean.shape != self.mean.shape:
+            raise VbpError(f"cannot merge statistics of {other.mean.numel()} neurons into {self.mean.numel()}")
+        n = self.count + other.count
+        if n == 0:
+            return self
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / n)
+        m2 = self.m2 + other.m2 + delta.square() * (self.count * other.count / n)
+        return Moments(n, mean, m2)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Population variance per neuron, [C] float64."""
+        if self.count == 0:
+            raise VbpError("no samples were gathered for these statistics")
+        return self.m2 / self.count
+
+    def is_finite(self) -> torch.Tensor:
+        """0-dim bool tensor on the statistics' device (no host sync)."""
+        return torch.isfinite(self.mean).all() & torch.isfinite(self.m2).all()
+
+
+@dataclass
+class Stats:
+    """Statistics of every MLP site of one model: site name -> Moments, plus the model's name."""
+
+    model: str
+    sites: dict[str, Moments]
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {name: m.mean.numel() for name, m in self.sites.items()}
+
+    def mean(self, site: str) -> torch.Tensor:
+        return self.sites[site].mean
+
+    def variance(self, site: str) -> torch.Tensor:
+        return self.sites[site].variance
+
+    def merge(self, other: "Stats") -> "Stats":
+        """Statistics of the union of both sets of samples (e.g. two shards of a data set)."""
+        self.check_matches(other.model, other.widths, what="the other statistics")
+        return Stats(self.model, {n: m.merge(other.sites[n]) for n, m in self.sites.items()})
+
+    def check_matches(self, model: str, widths: dict[str, int], what: str = "the model") -> None:
+        """Raise VbpError unless these statistics were gathered on a model with these sites and widths."""
+        if model and self.model and model != self.model:
+            raise VbpError(f"statistics were gathered on '{self.model}' but {what} is '{model}'; calibrate again")
+        if widths != self.widths:
+            diff = sorted(set(widths.items()) ^ set(self.widths.items()))[:4]
+            raise VbpError(
+                f"statistics do not fit {what}: their MLP sites or widths differ (first differences: {diff}); "
+                "calibrate this model again"
+            )
+
+    def to(self, device: torch.device | str) -> "Stats":
+        return Stats(self.model, {n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()})
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a safetensors file (mean and m2 per site) whose metadata holds model, sites, widths, counts."""
+        tensors = {}
+        for name, m in self.sites.items():
+            tensors[f"{name}/mean"] = m.mean
+            tensors[f"{name}/m2"] = m.m2
+        meta = {
+            "format": FORMAT,
+            "model": self.model,
+            "sites": list(self.sites),
+            "widths": self.widths,
+            "counts": {n: m.count for n, m in self.sites.items()},
+        }
+        write_safetensors(path, tensors, meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Stats":
+        tensors, meta = read_safetensors(path, FORMAT, "statistics")
+        sites = {}
+        try:
+            for name in meta["sites"]:
+                sites[name] = Moments(int(meta["counts"][name]), tensors[f"{name}/mean"], tensors[f"{name}/m2"])
+        except KeyError as exc:
+            raise VbpError(f"{path} is not a complete vbp statistics file (missing {exc}); calibrate again") from exc
+        return cls(meta["model"], sites)
+
