@@ -5,6 +5,7 @@
 
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
+from .digits import digits  # also registers the timm model 'vbp_digits_vit'
 from .count import count
 from .errors import VbpError
 from .models import create_model
@@ -16,5 +17,5 @@ from .stats import Moments, Stats
 
 __all__ = [
     "MlpSite", "Moments", "Plan", "Stats", "VbpError", "calibrate", "count", "create_model", "find_sites",
-    "load_pruned", "prune", "save_pruned", "select",
+    "digits", "load_pruned", "prune", "save_pruned", "select",
 ]
