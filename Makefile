@@ -1,0 +1,30 @@
+# `make demo` and `make test` do all set-up on a fresh machine: a virtual environment in .venv with the
+# pinned dependencies of requirements.txt, and vbp installed editable with its native extension built.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench build clean
+
+$(STAMP): requirements.txt pyproject.toml setup.py $(wildcard csrc/*)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vbp demo
+
+# VBP_REQUIRE_EXTENSION makes the native-op tests fail, not skip, if vbp._C did not build.
+test: $(STAMP)
+	VBP_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) -m pytest -q benchmarks --benchmark-only
+
+clean:
+	rm -rf $(VENV) build python/*.egg-info python/vbp/_C*.so out

@@ -1,0 +1,42 @@
+"""The summary of a pruning run: MACs and parameters before and after, and the kept width of every site."""
+
+import json
+import os
+
+from torch import nn
+
+from .count import count
+from .files import write_text_atomic
+from .sites import site_widths
+
+
+def summarize(full: nn.Module, pruned: nn.Module, model: str, ratio: float) -> dict:
+    """model, ratio, macs_full_g, macs_g, params_full_m, params_m, widths (kept width per site)."""
+    macs_full, params_full = count(full)
+    macs, params = count(pruned)
+    return {
+        "model": model,
+        "ratio": ratio,
+        "macs_full_g": macs_full / 1e9,
+        "macs_g": macs / 1e9,
+        "params_full_m": params_full / 1e6,
+        "params_m": params / 1e6,
+        "widths": site_widths(pruned),
+    }
+
+
+def change(after: float, before: float) -> str:
+    """'-31.74%'-style relative change, as the paper's tables print it."""
+    return f"{100 * (after - before) / before:+.2f}%"
+
+
+def format_summary(s: dict) -> str:
+    return (
+        f"{s['model']} at ratio {s['ratio']}: "
+        f"{s['macs_full_g']:.2f} -> {s['macs_g']:.2f} GMACs ({change(s['macs_g'], s['macs_full_g'])}), "
+        f"{s['params_full_m']:.2f} -> {s['params_m']:.2f} M params ({change(s['params_m'], s['params_full_m'])})"
+    )
+
+
+def write_summary(path: str | os.PathLike, summary: dict) -> None:
+    write_text_atomic(path, json.dumps(summary, indent=2) + "\n")
