@@ -1,0 +1,44 @@
+"""Shared helpers: small random-init timm models and a float64 reference for VBP's compensation identity."""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+import vbp
+
+
+def small_model(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, **kwargs).eval()
+
+
+def random_batches(n: int, batch: int, input_size, seed: int = 0, dtype=torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, *input_size, generator=g, dtype=dtype) for _ in range(n)]
+
+
+def mean_replaced(model: torch.nn.Module, plan: vbp.Plan, stats: vbp.Stats) -> torch.nn.Module:
+    """A copy of the unpruned model whose pruned neurons output their calibration mean instead."""
+    ref = copy.deepcopy(model)
+    for site in vbp.find_sites(ref):
+        pruned, mean = plan.pruned(site.name), stats.mean(site.name)
+
+        def hold_at_mean(module, inputs, out, pruned=pruned, mean=mean, dim=site.channel_dim):
+            out = out.clone()
+            index = [slice(None)] * out.dim()
+            index[dim] = pruned
+            shape = [1] * out.dim()
+            shape[dim] = -1
+            out[tuple(index)] = mean[pruned].to(out.dtype).reshape(shape)
+            return out
+
+        site.act.register_forward_hook(hold_at_mean)
+    return ref
+
+
+@pytest.fixture
+def deit_tiny_small():
+    """DeiT-Tiny at 32x32 input (4 patches + class token): fast, same MLP sites as at 224."""
+    return small_model("deit_tiny_patch16_224", img_size=32)

@@ -1,0 +1,72 @@
+"""calibrate() gathers exactly the post-activation statistics of every token or position."""
+
+import pytest
+import torch
+
+import vbp
+from conftest import random_batches, small_model
+
+
+def reference_stats(model, batches):
+    """float64 two-pass over all post-activation values, collected without vbp's hooks."""
+    seen = {s.name: [] for s in vbp.find_sites(model)}
+    hooks = []
+    for s in vbp.find_sites(model):
+        def keep(module, inputs, out, name=s.name, dim=s.channel_dim):
+            seen[name].append(out.detach().movedim(dim, -1).reshape(-1, out.shape[dim]).double())
+        hooks.append(s.act.register_forward_hook(keep))
+    with torch.no_grad():
+        for b in batches:
+            model(b)
+    for h in hooks:
+        h.remove()
+    out = {}
+    for name, parts in seen.items():
+        x = torch.cat(parts)
+        mean = x.mean(0)
+        out[name] = (x.shape[0], mean, ((x - mean) ** 2).mean(0))
+    return out
+
+
+@pytest.mark.parametrize("name,kwargs,samples_per_image", [
+    ("deit_tiny_patch16_224", dict(img_size=32), 5),
+    ("convnext_atto", dict(), 4),  # last stage at 64x64 input: 2x2 positions
+    ("convnext_atto", dict(conv_mlp=True), 4),
+])
+def test_calibrate_matches_reference(name, kwargs, samples_per_image):
+    model = small_model(name, **kwargs)
+    batches = random_batches(3, 2, (3, 32, 32) if "deit" in name else (3, 64, 64))
+    stats = vbp.calibrate(model, batches, progress=False)
+    ref = reference_stats(model, batches)
+    assert stats.model == name
+    assert list(stats.sites) == list(ref)
+    last = list(ref)[-1]
+    assert stats.sites[last].count == 6 * samples_per_image
+    for site, (count, mean, var) in ref.items():
+        assert stats.sites[site].count == count
+        torch.testing.assert_close(stats.mean(site), mean, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(stats.variance(site), var, rtol=1e-9, atol=1e-12)
+
+
+def test_limits_and_label_tuples(deit_tiny_small):
+    batches = [(b, torch.zeros(4, dtype=torch.int64)) for b in random_batches(5, 4, (3, 32, 32))]
+    assert vbp.calibrate(deit_tiny_small, batches, num_batches=2, progress=False).sites["blocks.0.mlp"].count == 8 * 5
+    stats = vbp.calibrate(deit_tiny_small, batches, num_samples=6, progress=False)
+    assert stats.sites["blocks.0.mlp"].count == 6 * 5
+    ref = reference_stats(deit_tiny_small, [batches[0][0], batches[1][0][:2]])
+    torch.testing.assert_close(stats.variance("blocks.3.mlp"), ref["blocks.3.mlp"][2], rtol=1e-9, atol=1e-12)
+
+
+def test_non_finite_activations_name_site_and_batch(deit_tiny_small):
+    batches = random_batches(3, 2, (3, 32, 32))
+    batches[1][0, 0, 0, 0] = float("nan")
+    with pytest.raises(vbp.VbpError, match=r"'blocks\.0\.mlp' in calibration batch 1"):
+        vbp.calibrate(deit_tiny_small, batches, progress=False)
+    assert not deit_tiny_small.blocks[0].mlp.act._forward_hooks  # hooks removed after a failure
+
+
+def test_empty_data_and_bad_limits(deit_tiny_small):
+    with pytest.raises(vbp.VbpError, match="no images"):
+        vbp.calibrate(deit_tiny_small, [], progress=False)
+    with pytest.raises(vbp.VbpError, match="num_batches"):
+        vbp.calibrate(deit_tiny_small, random_batches(1, 1, (3, 32, 32)), num_batches=0, progress=False)
