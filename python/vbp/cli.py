@@ -15,10 +15,11 @@ from .digits import MODEL_NAME
 from .errors import VbpError
 from .evaluate import accuracy
 from .files import check_writable
-from .models import create_model
+from .models import create_model, model_name
 from .prune import prune
 from .report import format_summary, summarize, write_summary
 from .select import SCOPES, check_ratio, select
+from .sites import site_widths
 from .stats import Stats
 
 
@@ -49,6 +50,7 @@ def _data(args, model, split: str):
 def _calibrated_stats(args, model) -> Stats:
     if args.stats and Path(args.stats).exists():
         stats = Stats.load(args.stats)
+        stats.check_matches(model_name(model), site_widths(model), what=f"--model ({args.model})")
         print(f"statistics from {args.stats}")
     elif args.stats and args.command == "prune":
         raise VbpError(f"statistics file {args.stats} does not exist; run `vbp calibrate --stats {args.stats}` first "

@@ -1,0 +1,66 @@
+"""The `vbp` command: the issue's DeiT-B example, the calibrate -> prune -> eval chain, and bad input."""
+
+import json
+
+import pytest
+
+import vbp
+from vbp.cli import main
+
+
+def test_prune_deit_base_synthetic_gives_paper_numbers(tmp_path):
+    summary = tmp_path / "out.json"
+    assert main(["prune", "--model", "deit_base_patch16_224", "--data", "synthetic", "--num-batches", "2",
+                 "--batch-size", "4", "--ratio", "0.5", "--summary", str(summary), "--device", "cpu"]) == 0
+    s = json.loads(summary.read_text())
+    assert s["model"] == "deit_base_patch16_224" and s["ratio"] == 0.5
+    # Paper Table 10, within 0.01 (the paper's own rounding of fvcore counts).
+    assert abs(s["macs_g"] - 12.00) <= 0.01 and abs(s["params_m"] - 58.24) <= 0.01
+    assert abs(s["macs_full_g"] - 17.58) <= 0.01 and abs(s["params_full_m"] - 86.57) <= 0.01
+    assert len(s["widths"]) == 12 and sum(s["widths"].values()) == 12 * 3072 // 2
+
+
+def test_calibrate_prune_eval_chain_on_digits(tmp_path, capsys):
+    stats, out = tmp_path / "stats.safetensors", tmp_path / "pruned"
+    assert main(["calibrate", "--stats", str(stats), "--batch-size", "256"]) == 0
+    assert main(["prune", "--stats", str(stats), "--ratio", "0.3", "--scope", "layer", "--round-to", "8",
+                 "--output", str(out)]) == 0
+    widths = vbp.sites.site_widths(vbp.load_pruned(out / "model.safetensors"))
+    assert all(w % 8 == 0 for w in widths.values())
+    assert vbp.Plan.load(out / "plan.json").kept_widths == widths
+    capsys.readouterr()
+    assert main(["eval", "--pruned", str(out / "model.safetensors"), "--batch-size", "128"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["top1"] > 90
+
+
+@pytest.mark.parametrize("args,message", [
+    (["prune", "--ratio", "1.0"], "ratio must be in [0, 1)"),
+    (["prune", "--ratio", "0.5", "--model", "deit_nonexistent"], "unknown model 'deit_nonexistent'"),
+    (["prune", "--ratio", "0.5", "--checkpoint", "/nonexistent/w.pth"], "checkpoint /nonexistent/w.pth does not exist"),
+    (["prune", "--ratio", "0.5", "--stats", "/nonexistent/s.safetensors"], "run `vbp calibrate"),
+    (["prune", "--ratio", "0.5", "--data", "/nonexistent/images"], "data folder /nonexistent/images does not exist"),
+    (["eval", "--data", "synthetic"], "no labels"),
+])
+def test_bad_input_is_a_clear_error(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_and_unwritable_output(tmp_path, capsys):
+    ckpt = tmp_path / "w.safetensors"
+    ckpt.write_bytes(b"garbage")
+    assert main(["prune", "--ratio", "0.5", "--checkpoint", str(ckpt)]) == 2
+    assert "cannot load checkpoint" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["prune", "--ratio", "0.5", "--summary", str(blocker / "s.json")]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
+
+
+def test_stats_of_another_model_are_refused(tmp_path, capsys):
+    stats = tmp_path / "stats.safetensors"
+    assert main(["calibrate", "--stats", str(stats), "--batch-size", "512", "--num-batches", "1"]) == 0
+    assert main(["prune", "--model", "deit_tiny_patch16_224", "--data", "synthetic", "--ratio", "0.5",
+                 "--stats", str(stats)]) == 2
+    assert "gathered on 'vbp_digits_vit'" in capsys.readouterr().err
