@@ -23,7 +23,7 @@ test: $(STAMP)
 	VBP_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
 bench: $(STAMP)
-	$(PY) -m pytest -q benchmarks --benchmark-only
+	$(PY) -m pytest -q benchmarks/bench_*.py --benchmark-only
 
 clean:
 	rm -rf $(VENV) build python/*.egg-info python/vbp/_C*.so out

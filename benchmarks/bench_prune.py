@@ -1,0 +1,44 @@
+"""Pruning a whole DeiT-B (CPU): fold_bias through the extension vs the PyTorch reference, and vbp.prune end to end.
+
+    .venv/bin/python -m pytest benchmarks/bench_prune.py --benchmark-only
+"""
+
+import copy
+
+import pytest
+import timm
+import torch
+
+import vbp
+from vbp import ops
+from vbp.stats import Moments, Stats
+
+
+@pytest.fixture(scope="module")
+def deit_base():
+    torch.manual_seed(0)
+    model = timm.create_model("deit_base_patch16_224").eval()
+    g = torch.Generator().manual_seed(0)
+    stats = Stats("deit_base_patch16_224", {
+        s.name: Moments(1, torch.randn(s.width, generator=g, dtype=torch.float64),
+                        torch.rand(s.width, generator=g, dtype=torch.float64)) for s in vbp.find_sites(model)
+    })
+    return model, stats, vbp.select(stats, 0.5)
+
+
+def fold_all(fold, model, stats, plan):
+    for s in vbp.find_sites(model):
+        fold(s.fc2.weight, s.fc2.bias, stats.mean(s.name), plan.pruned(s.name))
+
+
+@pytest.mark.parametrize("impl", ["extension", "reference"])
+def test_fold_bias_deit_base(benchmark, deit_base, impl):
+    if impl == "extension" and not ops.has_extension():
+        pytest.skip("vbp._C not built")
+    fold = torch.ops.vbp.fold_bias if impl == "extension" else ops.fold_bias_reference
+    benchmark(fold_all, fold, *deit_base)
+
+
+def test_prune_deit_base_end_to_end(benchmark, deit_base):
+    model, stats, plan = deit_base
+    benchmark.pedantic(lambda m: vbp.prune(m, plan, stats), setup=lambda: ((copy.deepcopy(model),), {}), rounds=5)
