@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 
 from .errors import VbpError
 from .models import model_device, model_name
+from .reservoir import Reservoir
 from .sites import MlpSite, find_sites, hidden_channels_last
 from .stats import Moments, Stats
 
@@ -24,20 +25,24 @@ class _SiteRecorder:
     check is deferred to the end of calibration so no batch forces a host sync.
     """
 
-    def __init__(self, site: MlpSite, device: torch.device):
+    def __init__(self, site: MlpSite, device: torch.device, reservoir: Reservoir | None):
         self.site = site
         self.moments = Moments.zeros(site.width, device)
+        self.reservoir = reservoir
         self.batch = 0
         self.deferred_checks: list[tuple[int, torch.Tensor]] = []
 
     def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
-        update = Moments.of(hidden_channels_last(output.detach(), self.site.channel_dim))
+        post = hidden_channels_last(output.detach(), self.site.channel_dim)
+        update = Moments.of(post)
         finite = update.is_finite()
         if output.device.type == "cuda":
             self.deferred_checks.append((self.batch, finite))
         elif not finite:
             self.fail(self.batch)
         self.moments = self.moments.merge(update)
+        if self.reservoir is not None:
+            self.reservoir.add(hidden_channels_last(inputs[0].detach(), self.site.channel_dim), post)
 
     def fail(self, batch: int) -> None:
         raise VbpError(
@@ -60,6 +65,7 @@ def calibrate(
     num_samples: int | None = None,
     progress: bool = True,
     name: str | None = None,
+    samples: int = 0,
 ) -> Stats:
     """Statistics of every MLP site's post-activation values over `data`.
 
@@ -67,13 +73,16 @@ def calibrate(
     data: iterable of image batches [B, C, H, W], or (images, labels) pairs.
     num_batches / num_samples: stop after this many batches / images (the last batch is trimmed).
     name: model name stored in the statistics (default: the timm architecture name).
+    samples: keep a uniform sample of this many rows of pre- and post-activation values per site
+        (`Stats.samples`), for activation histograms.
     Every token (ViT, Swin) or spatial position (ConvNeXt) of every image is one sample per neuron.
     """
     for limit, what in ((num_batches, "num_batches"), (num_samples, "num_samples")):
         if limit is not None and limit < 1:
             raise VbpError(f"{what} must be at least 1, got {limit}")
     device = model_device(model)
-    recorders = [_SiteRecorder(site, device) for site in find_sites(model)]
+    recorders = [_SiteRecorder(site, device, Reservoir(samples, seed=i) if samples else None)
+                 for i, site in enumerate(find_sites(model))]
     hooks = [r.site.act.register_forward_hook(r) for r in recorders]
     was_training = model.training
     model.eval()
@@ -101,4 +110,7 @@ def calibrate(
         raise VbpError("the calibration data yielded no images; give a data set with at least one image")
     for r in recorders:
         r.check_deferred()
-    return Stats(name if name is not None else model_name(model), {r.site.name: r.moments for r in recorders})
+    sampled = {r.site.name: {"pre": r.reservoir.pre.cpu(), "post": r.reservoir.post.cpu()}
+               for r in recorders if r.reservoir is not None}
+    return Stats(name if name is not None else model_name(model), {r.site.name: r.moments for r in recorders},
+                 sampled or None)

@@ -10,12 +10,14 @@ import torch
 
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
+from .criteria import CRITERIA
 from .data import dataset, loader
 from .digits import MODEL_NAME
 from .errors import VbpError
 from .evaluate import accuracy
-from .files import check_writable
-from .models import create_model, model_name
+from .files import check_writable, write_text_atomic
+from .finetune import FinetuneConfig, finetune
+from .models import create_model, model_kwargs, model_name
 from .prune import prune
 from .report import format_summary, summarize, write_summary
 from .select import SCOPES, check_ratio, select
@@ -35,6 +37,21 @@ def _add_data_args(p: argparse.ArgumentParser, default_batches: int | None = Non
                    help="an ImageFolder directory, 'digits' (embedded) or 'synthetic' (random images); default digits")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-batches", type=int, default=default_batches, help="use at most this many batches")
+
+
+def _add_pruning_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scope", choices=SCOPES, default="global", help="rank neurons across all layers or per layer")
+    p.add_argument("--criterion", choices=CRITERIA, default="variance", help="neuron score (default: VBP's variance)")
+    p.add_argument("--no-compensation", action="store_true", help="do not fold pruned neurons' means into fc2's bias")
+    p.add_argument("--min-keep", type=int, default=1, help="keep at least this many neurons per MLP")
+    p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
+    p.add_argument("--stats", help="statistics from `vbp calibrate` (default: calibrate on --data now)")
+
+
+def _pruned(args, model, stats):
+    plan = select(stats, args.ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to,
+                  criterion=args.criterion, model=model)
+    return plan, prune(copy.deepcopy(model), plan, stats, compensate=not args.no_compensation)
 
 
 def _model(args) -> torch.nn.Module:
@@ -75,8 +92,7 @@ def cmd_prune(args) -> None:
         check_writable(path)
     model = _model(args)
     stats = _calibrated_stats(args, model)
-    plan = select(stats, args.ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to)
-    pruned = prune(copy.deepcopy(model), plan, stats)
+    plan, pruned = _pruned(args, model, stats)
     summary = summarize(model, pruned, args.model, args.ratio)
     print(format_summary(summary))
     if args.output:
@@ -91,12 +107,92 @@ def cmd_prune(args) -> None:
         print(f"wrote {args.summary}")
 
 
+def _reference(args, pruned: torch.nn.Module) -> torch.nn.Module:
+    """The unpruned model a pruned one came from: its timm name and kwargs, with --pretrained/--checkpoint."""
+    name = model_name(pruned)
+    pretrained = args.pretrained or (name == MODEL_NAME and args.checkpoint is None)
+    return create_model(name, pretrained=pretrained, checkpoint=args.checkpoint, **model_kwargs(pruned)).to(args.device)
+
+
 def cmd_eval(args) -> None:
-    model = load_pruned(args.pruned, args.device) if args.pruned else _model(args)
     if args.data == "synthetic":
         raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
-    result = accuracy(model, _data(args, model, "test"))
+    if args.pruned:
+        model = load_pruned(args.pruned, args.device)
+        reference = _reference(args, model)
+    else:
+        reference = _model(args)
+        model = None
+        if args.ratio is not None:
+            check_ratio(args.ratio)
+            model = _pruned(args, reference, _calibrated_stats(args, reference))[1]
+    val = _data(args, reference, "test")
+    result = accuracy(model if model is not None else reference, val)
+    if model is not None:
+        base = accuracy(reference, val, progress=False)
+        result.update(reference_top1=base["top1"], retention_pct=100 * result["top1"] / base["top1"])
     print(json.dumps(result))
+
+
+def cmd_finetune(args) -> None:
+    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            kd_alpha=0.0 if args.no_kd else args.kd_alpha, kd_temperature=args.kd_temperature)
+    config.validate()
+    output = Path(args.output)
+    check_writable(output / "model.safetensors")
+    student = load_pruned(args.pruned, args.device)
+    teacher = None
+    if not args.no_kd:
+        if args.teacher:
+            teacher = create_model(args.teacher, pretrained=args.pretrained, checkpoint=args.checkpoint).to(args.device)
+        else:
+            teacher = _reference(args, student)
+    train = dataset(args.data, student, split="train", training=True)
+    val = dataset(args.val_data or args.data, student, split="test") if args.val_data or args.data == "digits" else None
+    history = finetune(student, train, val, config, teacher=teacher, output=output, resume=args.resume)
+    save_pruned(student, output / "model.safetensors")
+    print(json.dumps(history[-1]))
+    print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")
+
+
+def cmd_sweep(args) -> None:
+    from .figures import activation_histograms, layer_distribution, learning_curves, retention_vs_rate
+    from .sweep import Method, check_rates, sweep, table_csv, table_markdown
+
+    rates = check_rates([float(r) for r in args.rates.split(",")])
+    methods = [Method.parse(m) for m in args.methods.split(",")]
+    output = Path(args.output)
+    check_writable(output / "table.csv")
+    model = _model(args)
+    stats = calibrate(model, _data(args, model, "train"), num_batches=args.num_batches, samples=args.samples)
+    val = dataset(args.val_data or args.data, model, split="test")
+    train = dataset(args.data, model, split="train", training=True) if args.finetune_epochs else None
+    config = FinetuneConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, seed=args.seed) if train else None
+    result = sweep(model, stats, rates, methods, val, train, config, seed=args.seed, progress=True)
+
+    from .count import count
+
+    macs, params = count(model)
+    write_text_atomic(output / "table.csv", table_csv(result.rows))
+    write_text_atomic(output / "table.md", table_markdown(result, args.model, macs / 1e9, params / 1e6))
+    write_text_atomic(output / "sweep.json", json.dumps({"model": args.model, "base_top1": result.base_top1,
+                                                          "rows": result.rows}, indent=1) + "\n")
+    figure_rate = min(rates, key=lambda r: abs(r - args.figure_rate))
+    retention_vs_rate(result.rows, result.base_top1, output / "fig5_retention.png")
+    layer_distribution({m: p for (m, r), p in result.plans.items() if r == figure_rate}, output / "fig6_layers.png")
+    if result.histories:
+        starts = {r["method"]: r["retention_top1"] for r in result.rows if r["rate"] == figure_rate}
+        curves = {m: (starts[m], h) for (m, r), h in result.histories.items() if r == figure_rate}
+        learning_curves(curves, result.base_top1, figure_rate, output / "fig4_learning_curves.png")
+    plan = result.plans[(str(methods[0]), figure_rate)]
+    for pruned, name in ((True, "fig7_pruned_activations.png"), (False, "fig8_retained_activations.png")):
+        # first, middle and last of the sites that have a neuron of the kind shown
+        sites = [s for s in stats.sites if (plan.pruned(s) if pruned else plan.kept(s)).numel()]
+        chosen = list(dict.fromkeys([sites[0], sites[len(sites) // 2], sites[-1]])) if sites else []
+        if chosen:
+            activation_histograms(stats, plan, chosen, pruned, output / name)
+    print(table_markdown(result, args.model, macs / 1e9, params / 1e6))
+    print(f"wrote the table and figures to {output}/")
 
 
 def cmd_demo(args) -> None:
@@ -118,20 +214,52 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="prune the lowest-variance MLP neurons, with mean-shift compensation")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--stats", help="statistics from `vbp calibrate` (default: calibrate on --data now)")
     p.add_argument("--ratio", type=float, required=True, help="fraction of all MLP hidden neurons to remove, in [0, 1)")
-    p.add_argument("--scope", choices=SCOPES, default="global", help="rank neurons across all layers or per layer")
-    p.add_argument("--min-keep", type=int, default=1, help="keep at least this many neurons per MLP")
-    p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
+    _add_pruning_args(p)
     p.add_argument("--output", help="folder to write model.safetensors, plan.json (and stats.safetensors) to")
     p.add_argument("--summary", help="write MACs, params and widths as JSON to this file")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("eval", help="top-1/top-5 accuracy of a timm model or a pruned model file")
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy, and retention against the unpruned model")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--pruned", help="a model written by `vbp prune --output` (model.safetensors)")
+    p.add_argument("--pruned", help="a model written by `vbp prune --output` (model.safetensors); its unpruned "
+                                    "reference is rebuilt from its timm name with --pretrained/--checkpoint")
+    p.add_argument("--ratio", type=float, help="prune --model at this ratio first (calibrating on the train split)")
+    _add_pruning_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("finetune", help="fine-tune a pruned model, distilling from the unpruned one")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument("--pruned", required=True, help="the pruned model file to fine-tune (model.safetensors)")
+    p.add_argument("--val-data", help="evaluation data (default: the digits test split with --data digits)")
+    p.add_argument("--output", required=True, help="folder for checkpoint.pt, log.json/csv and model.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher", help="timm name of the teacher (default: the unpruned model the student came from; "
+                                     "its weights from --pretrained/--checkpoint)")
+    p.add_argument("--no-kd", action="store_true", help="plain cross-entropy, no distillation")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
+    p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("sweep", help="prune at many rates by several criteria; Table 10-shaped table and figures")
+    _add_model_args(p)
+    _add_data_args(p)
+    p.set_defaults(batch_size=256)
+    p.add_argument("--val-data", help="evaluation data (default: the digits test split with --data digits)")
+    p.add_argument("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="comma-separated pruning rates")
+    p.add_argument("--methods", default="variance+comp,variance,magnitude,random",
+                   help="comma-separated criterion[+comp] (first one's plan is used for the activation figures)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every pruned model this many epochs")
+    p.add_argument("--samples", type=int, default=4096, help="activation values sampled per site for histograms")
+    p.add_argument("--figure-rate", type=float, default=0.5, help="rate shown in the layer and curve figures")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="folder for table.csv/.md, sweep.json and the figures")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("demo", help="prune the embedded digits ViT and report accuracy, MACs and latency")
     p.add_argument("--ratio", type=float, default=0.5)

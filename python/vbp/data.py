@@ -17,26 +17,29 @@ def synthetic(input_size: tuple[int, ...], num_images: int, seed: int = 0) -> Te
     return TensorDataset(torch.randn(num_images, *input_size, generator=g), torch.zeros(num_images, dtype=torch.int64))
 
 
-def image_folder(path: str | os.PathLike, model: nn.Module) -> Dataset:
-    """An ImageFolder (one sub-folder per class) with timm's evaluation transforms for `model`."""
+def image_folder(path: str | os.PathLike, model: nn.Module, training: bool = False) -> Dataset:
+    """An ImageFolder (one sub-folder per class) with timm's evaluation (or, with `training`, training)
+    transforms for `model`."""
     from torchvision.datasets import ImageFolder
 
     if not os.path.isdir(path):
         raise VbpError(f"data folder {path} does not exist; give an ImageFolder directory, 'digits' or 'synthetic'")
     config = timm.data.resolve_data_config(model=model)
     try:
-        return ImageFolder(str(path), transform=timm.data.create_transform(**config, is_training=False))
+        return ImageFolder(str(path), transform=timm.data.create_transform(**config, is_training=training))
     except (FileNotFoundError, RuntimeError) as exc:
         raise VbpError(f"no images found in {path}: {exc}") from exc
 
 
-def dataset(spec: str, model: nn.Module, split: str = "train", num_images: int | None = None) -> Dataset:
-    """The data set named by `spec`: "digits" (its `split`), "synthetic" (`num_images` random images), or a folder."""
+def dataset(spec: str, model: nn.Module, split: str = "train", num_images: int | None = None,
+            training: bool = False) -> Dataset:
+    """The data set named by `spec`: "digits" (its `split`), "synthetic" (`num_images` random images), or a
+    folder (read with training transforms when `training`)."""
     if spec == "digits":
         return digits(split)
     if spec == "synthetic":
         return synthetic(tuple(model.pretrained_cfg["input_size"]), num_images or 1)
-    return image_folder(spec, model)
+    return image_folder(spec, model, training)
 
 
 def loader(data: Dataset, batch_size: int) -> DataLoader:

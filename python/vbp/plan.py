@@ -14,7 +14,7 @@ FORMAT = "vbp-plan/1"
 
 @dataclass
 class Plan:
-    """model: timm name; ratio, scope: how it was chosen; widths: original width per site;
+    """model: timm name; ratio, scope, criterion: how it was chosen; widths: original width per site;
     keep: sorted indices of the kept neurons per site."""
 
     model: str
@@ -22,6 +22,7 @@ class Plan:
     scope: str
     widths: dict[str, int]
     keep: dict[str, list[int]]
+    criterion: str = "variance"
 
     def kept(self, site: str) -> torch.Tensor:
         """Kept neuron indices of a site, int64 [K], ascending."""
@@ -44,7 +45,7 @@ class Plan:
 
     def save(self, path: str | os.PathLike) -> None:
         doc = {"format": FORMAT, "model": self.model, "ratio": self.ratio, "scope": self.scope,
-               "widths": self.widths, "keep": self.keep}
+               "criterion": self.criterion, "widths": self.widths, "keep": self.keep}
         write_text_atomic(path, json.dumps(doc))
 
     @classmethod
@@ -58,7 +59,7 @@ class Plan:
             raise VbpError(f"{path} is not a readable plan file ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise VbpError(f"{path} is not a vbp plan file (expected format '{FORMAT}')")
-        plan = cls(doc["model"], doc["ratio"], doc["scope"], doc["widths"], doc["keep"])
+        plan = cls(doc["model"], doc["ratio"], doc["scope"], doc["widths"], doc["keep"], doc.get("criterion", "variance"))
         plan.validate()
         return plan
 

@@ -1,7 +1,9 @@
-"""Choose which neurons to prune from their activation variance (lowest variance goes first)."""
+"""Choose which neurons to prune: the lowest-scored go first (VBP scores by activation variance)."""
 
 import torch
+from torch import nn
 
+from .criteria import neuron_scores
 from .errors import VbpError
 from .plan import Plan
 from .stats import Stats
@@ -15,8 +17,12 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-def select(stats: Stats, ratio: float, scope: str = "global", min_keep: int = 1, round_to: int = 1) -> Plan:
+def select(stats: Stats, ratio: float, scope: str = "global", min_keep: int = 1, round_to: int = 1,
+           criterion: str = "variance", model: nn.Module | None = None, seed: int = 0) -> Plan:
     """A Plan that removes `ratio` of all MLP hidden neurons, those of lowest variance.
+
+    criterion="magnitude" (needs `model`) or "random" (uses `seed`) rank by those scores instead, as
+    baselines (see `criteria.py`).
 
     scope="global" ranks all neurons of all sites together (the paper's choice; prunes unevenly across
     layers); scope="layer" removes `ratio` of each site. Every site keeps at least `min_keep` neurons
@@ -31,33 +37,33 @@ def select(stats: Stats, ratio: float, scope: str = "global", min_keep: int = 1,
         raise VbpError(f"min_keep must be between 1 and the smallest site width ({min(widths.values())}), got {min_keep}")
     if round_to < 1:
         raise VbpError(f"round_to must be at least 1, got {round_to}")
-    variances = {name: stats.variance(name).detach().cpu() for name in widths}
+    scores = neuron_scores(criterion, stats, model, seed)
 
     if scope == "layer":
         n_pruned = {name: min(round(ratio * w), w - min_keep) for name, w in widths.items()}
     else:
-        n_pruned = _global_prune_counts(variances, ratio, min_keep)
+        n_pruned = _global_prune_counts(scores, ratio, min_keep)
 
     keep = {}
     for name, width in widths.items():
         kept = _rounded_width(width - n_pruned[name], width, round_to, min_keep)
-        top = torch.topk(variances[name], kept, sorted=False).indices
+        top = torch.topk(scores[name], kept, sorted=False).indices
         keep[name] = sorted(top.tolist())
-    return Plan(stats.model, ratio, scope, dict(widths), keep)
+    return Plan(stats.model, ratio, scope, dict(widths), keep, criterion)
 
 
-def _global_prune_counts(variances: dict[str, torch.Tensor], ratio: float, min_keep: int) -> dict[str, int]:
-    """How many neurons each site loses when the lowest-variance neurons of all sites go first.
+def _global_prune_counts(scores: dict[str, torch.Tensor], ratio: float, min_keep: int) -> dict[str, int]:
+    """How many neurons each site loses when the lowest-scored neurons of all sites go first.
 
-    The `min_keep` highest-variance neurons of each site are protected, so no site is emptied and the
+    The `min_keep` highest-scored neurons of each site are protected, so no site is emptied and the
     total removed is exactly round(ratio * all neurons) whenever that leaves each site min_keep.
     """
-    names = list(variances)
-    total = sum(v.numel() for v in variances.values())
+    names = list(scores)
+    total = sum(v.numel() for v in scores.values())
     n_prune = round(ratio * total)
     candidates, owners = [], []
     for i, name in enumerate(names):
-        v = variances[name]
+        v = scores[name]
         order = torch.argsort(v, stable=True)
         candidates.append(v[order[: v.numel() - min_keep]])
         owners.append(torch.full((v.numel() - min_keep,), i))

@@ -69,10 +69,15 @@ class Moments:
 
 @dataclass
 class Stats:
-    """Statistics of every MLP site of one model: site name -> Moments, plus the model's name."""
+    """Statistics of every MLP site of one model: site name -> Moments, plus the model's name.
+
+    samples: optional site name -> {"pre": [k, C], "post": [k, C]}, a uniform sample of activation values
+    before and after the non-linearity (see `calibrate(samples=k)`).
+    """
 
     model: str
     sites: dict[str, Moments]
+    samples: dict[str, dict[str, torch.Tensor]] | None = None
 
     @property
     def widths(self) -> dict[str, int]:
@@ -87,7 +92,7 @@ class Stats:
     def merge(self, other: "Stats") -> "Stats":
         """Statistics of the union of both sets of samples (e.g. two shards of a data set)."""
         self.check_matches(other.model, other.widths, what="the other statistics")
-        return Stats(self.model, {n: m.merge(other.sites[n]) for n, m in self.sites.items()})
+        return Stats(self.model, {n: m.merge(other.sites[n]) for n, m in self.sites.items()}, self.samples)
 
     def check_matches(self, model: str, widths: dict[str, int], what: str = "the model") -> None:
         """Raise VbpError unless these statistics were gathered on a model with these sites and widths."""
@@ -101,7 +106,8 @@ class Stats:
             )
 
     def to(self, device: torch.device | str) -> "Stats":
-        return Stats(self.model, {n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()})
+        sites = {n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()}
+        return Stats(self.model, sites, self.samples)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file (mean and m2 per site) whose metadata holds model, sites, widths, counts."""
@@ -109,6 +115,9 @@ class Stats:
         for name, m in self.sites.items():
             tensors[f"{name}/mean"] = m.mean
             tensors[f"{name}/m2"] = m.m2
+        for name, sample in (self.samples or {}).items():
+            tensors[f"{name}/sample_pre"] = sample["pre"]
+            tensors[f"{name}/sample_post"] = sample["post"]
         meta = {
             "format": FORMAT,
             "model": self.model,
@@ -127,5 +136,7 @@ class Stats:
                 sites[name] = Moments(int(meta["counts"][name]), tensors[f"{name}/mean"], tensors[f"{name}/m2"])
         except KeyError as exc:
             raise VbpError(f"{path} is not a complete vbp statistics file (missing {exc}); calibrate again") from exc
-        return cls(meta["model"], sites)
+        samples = {name: {"pre": tensors[f"{name}/sample_pre"], "post": tensors[f"{name}/sample_post"]}
+                   for name in meta["sites"] if f"{name}/sample_pre" in tensors}
+        return cls(meta["model"], sites, samples or None)
 

@@ -1,0 +1,83 @@
+"""The sweep's figures as PNG files, shaped like the paper's Figs. 4-8 (matplotlib, no display needed)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .plan import Plan  # noqa: E402
+from .stats import Stats  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def retention_vs_rate(rows: list[dict], base_top1: float, path: Path) -> Path:
+    """Fig. 5: top-1 accuracy right after pruning against the pruning rate, one line per method."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        ax.plot([100 * r["rate"] for r in mine], [r["retention_top1"] for r in mine], marker="o", label=method)
+    ax.axhline(base_top1, color="gray", linestyle="--", linewidth=1, label="unpruned")
+    ax.set(xlabel="pruning rate (% of MLP neurons)", ylabel="top-1 after pruning (%)", title="Accuracy retention")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def layer_distribution(plans: dict[str, Plan], path: Path) -> Path:
+    """Fig. 6: fraction of each MLP's neurons pruned, per method, at one rate."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    first = next(iter(plans.values()))
+    sites = list(first.widths)
+    width = 0.8 / len(plans)
+    for i, (method, plan) in enumerate(plans.items()):
+        pruned = [100 * (1 - len(plan.keep[s]) / plan.widths[s]) for s in sites]
+        ax.bar([j + i * width for j in range(len(sites))], pruned, width=width, label=method)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(sites))], [str(j) for j in range(len(sites))])
+    ax.set(xlabel="MLP block", ylabel="neurons pruned (%)", title=f"Layer-wise pruning at {100 * first.ratio:.0f}%")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    return _save(fig, path)
+
+
+def learning_curves(histories: dict[str, list[dict]], base_top1: float, rate: float, path: Path) -> Path:
+    """Fig. 4: validation top-1 during fine-tuning, per method, starting from accuracy right after pruning."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method, (start, history) in histories.items():
+        ax.plot([0] + [h["epoch"] for h in history], [start] + [h["top1"] for h in history], marker="o", label=method)
+    ax.axhline(base_top1, color="gray", linestyle="--", linewidth=1, label="unpruned")
+    ax.set(xlabel="fine-tuning epoch", ylabel="top-1 (%)", title=f"Fine-tuning after pruning {100 * rate:.0f}%")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def activation_histograms(stats: Stats, plan: Plan, sites: list[str], pruned: bool, path: Path) -> Path:
+    """Figs. 7-8: sampled values of one neuron per chosen site before and after the non-linearity.
+
+    pruned=True shows the lowest-variance pruned neuron of each site, False the highest-variance kept one;
+    every site must have such a neuron.
+    """
+    fig, axes = plt.subplots(1, len(sites), figsize=(4 * len(sites), 3.2), squeeze=False)
+    for ax, site in zip(axes[0], sites):
+        var = stats.variance(site).cpu()
+        candidates = plan.pruned(site) if pruned else plan.kept(site)
+        pick = candidates[var[candidates].argmin()] if pruned else candidates[var[candidates].argmax()]
+        sample = stats.samples[site]
+        pre, post = sample["pre"][:, pick], sample["post"][:, pick]
+        low, high = float(torch.minimum(pre.min(), post.min())), float(torch.maximum(pre.max(), post.max()))
+        bins = torch.linspace(low, high if high > low else low + 1, 60).tolist()
+        ax.hist(pre.tolist(), bins=bins, alpha=0.5, label="before activation")
+        ax.hist(post.tolist(), bins=bins, alpha=0.5, label="after activation")
+        ax.set_title(f"{site} - neuron {int(pick)} ({'pruned' if pruned else 'retained'})")
+        ax.set_xlabel(f"value (var after: {float(var[pick]):.2g})")
+    axes[0][0].legend()
+    return _save(fig, path)

@@ -1,0 +1,162 @@
+"""Fine-tune a pruned model in timm's manner, optionally distilling from the unpruned teacher.
+
+AdamW (no weight decay on biases and norms), cosine schedule with linear warm-up stepped per
+iteration, label smoothing, gradient clipping, bf16 autocast on CUDA; DistributedDataParallel when
+torch.distributed is initialised (torchrun). A checkpoint is written atomically after every epoch, and
+`resume=True` continues from it to the same weights an uninterrupted run would reach.
+"""
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from .distill import kd_loss
+from .errors import VbpError
+from .evaluate import accuracy
+from .files import atomic_path, write_text_atomic
+from .models import model_device
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    clip_grad: float | None = 1.0
+    kd_alpha: float = 0.5  # 0 turns distillation off
+    kd_temperature: float = 2.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise VbpError("epochs and batch size must be at least 1")
+        if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
+            raise VbpError("kd_alpha must be in [0, 1] and kd_temperature positive")
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _check_teacher(student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> None:
+    with torch.inference_mode():
+        s, t = student(images[:1]), teacher(images[:1])
+    if s.shape != t.shape:
+        raise VbpError(f"the teacher's outputs ({tuple(t.shape[1:])}) do not match the student's "
+                       f"({tuple(s.shape[1:])}): distil from the model the student was pruned from")
+
+
+def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: FinetuneConfig,
+             teacher: nn.Module | None = None, output: str | Path | None = None, resume: bool = False,
+             progress: bool = True) -> list[dict]:
+    """Train `student` in place on `train` ((image, label) items); returns the per-epoch history.
+
+    Each history row: epoch, train_loss, lr, seconds, and top1/top5 on `val` when given. With `output`,
+    writes output/checkpoint.pt every epoch and output/log.json + log.csv; `resume` continues from the
+    checkpoint there. teacher: distil from it when config.kd_alpha > 0 (frozen, eval mode).
+    """
+    config.validate()
+    rank, world = _rank_and_world()
+    device = model_device(student)
+    use_kd = teacher is not None and config.kd_alpha > 0
+    if use_kd:
+        teacher.eval().requires_grad_(False)
+        _check_teacher(student, teacher, train[0][0].unsqueeze(0).to(device))
+
+    generator = torch.Generator().manual_seed(config.seed)
+    sampler = (DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+               if world > 1 else RandomSampler(train, generator=generator))
+    loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler, drop_last=len(train) >= config.batch_size)
+    steps_per_epoch = len(loader)
+    optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps_per_epoch, lr_min=config.lr * 1e-2,
+                                  warmup_t=int(config.warmup_epochs * steps_per_epoch), warmup_lr_init=config.lr * 1e-2,
+                                  t_in_epochs=False)
+    model = DistributedDataParallel(student) if world > 1 else student
+
+    history, start_epoch = [], 0
+    ckpt_path = Path(output) / CHECKPOINT if output else None
+    if resume:
+        if ckpt_path is None or not ckpt_path.exists():
+            raise VbpError(f"nothing to resume: {ckpt_path or 'no output folder'} has no checkpoint")
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        try:
+            student.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise VbpError(f"{ckpt_path} is a checkpoint of another model: {exc}") from exc
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start_epoch = state["history"], state["epoch"]
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    for epoch in range(start_epoch, config.epochs):
+        if world > 1:
+            sampler.set_epoch(epoch)
+        model.train()
+        started, total_loss, seen = time.perf_counter(), 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress or rank != 0)
+        for step, (images, labels) in enumerate(bar):
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast:
+                logits = model(images)
+                if use_kd:
+                    with torch.no_grad():
+                        teacher_logits = teacher(images)
+                    loss = kd_loss(logits.float(), teacher_logits.float(), labels, config.kd_alpha,
+                                   config.kd_temperature, config.label_smoothing)
+                else:
+                    loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                raise VbpError(f"the training loss became {loss.item()} in epoch {epoch + 1}, step {step}; lower --lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad:
+                nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
+            optimizer.step()
+            scheduler.step_update(epoch * steps_per_epoch + step + 1)
+            total_loss += loss.item() * labels.shape[0]
+            seen += labels.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - started}
+        if val is not None:
+            row.update(accuracy(student, DataLoader(val, batch_size=config.batch_size * 2), progress=False))
+        history.append(row)
+        if output and rank == 0:
+            _write_epoch(Path(output), student, optimizer, scheduler, generator, history, config)
+    return history
+
+
+def _write_epoch(output: Path, student, optimizer, scheduler, generator, history, config) -> None:
+    state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
+             "epoch": history[-1]["epoch"], "config": asdict(config)}
+    with atomic_path(output / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
+    write_text_atomic(output / "log.json", json.dumps(history, indent=1) + "\n")
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(history[-1]))
+    writer.writeheader()
+    writer.writerows(history)
+    write_text_atomic(output / "log.csv", text.getvalue())

@@ -1,0 +1,119 @@
+"""The rate sweep: calibrate once, then for each pruning method and rate prune, evaluate, optionally fine-tune.
+
+A method is a criterion with or without mean-shift compensation, written "variance+comp", "magnitude",
+"random", "variance" (no compensation), ... The table is shaped like the paper's Table 10.
+"""
+
+import copy
+import csv
+import io
+from dataclasses import dataclass
+
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .count import count
+from .criteria import CRITERIA
+from .errors import VbpError
+from .evaluate import accuracy
+from .finetune import FinetuneConfig, finetune
+from .plan import Plan
+from .prune import prune
+from .report import change
+from .select import check_ratio, select
+from .stats import Stats
+
+DEFAULT_METHODS = ("variance+comp", "variance", "magnitude", "random")
+
+
+@dataclass(frozen=True)
+class Method:
+    criterion: str
+    compensate: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "Method":
+        criterion, _, suffix = text.partition("+")
+        if criterion not in CRITERIA or suffix not in ("", "comp"):
+            raise VbpError(f"unknown method '{text}': use a criterion from {CRITERIA}, optionally with '+comp'")
+        return cls(criterion, suffix == "comp")
+
+    def __str__(self) -> str:
+        return self.criterion + ("+comp" if self.compensate else "")
+
+
+def check_rates(rates: list[float]) -> list[float]:
+    if not rates:
+        raise VbpError("give at least one rate")
+    return [check_ratio(r) for r in rates]
+
+
+@dataclass
+class SweepResult:
+    """rows: one dict per (method, rate), Table 10's columns; plans and fine-tuning histories by (method, rate)."""
+
+    rows: list[dict]
+    plans: dict[tuple[str, float], Plan]
+    histories: dict[tuple[str, float], list[dict]]
+    base_top1: float
+
+
+def sweep(model: nn.Module, stats: Stats, rates: list[float], methods: list[Method], val: Dataset,
+          train: Dataset | None = None, finetune_config: FinetuneConfig | None = None, batch_size: int = 256,
+          seed: int = 0, progress: bool = False) -> SweepResult:
+    """Prune `model` (left unchanged) by every method at every rate; evaluate top-1 on `val` right after
+    pruning and, with `finetune_config` and `train`, after fine-tuning (distilling from `model`)."""
+    check_rates(rates)
+    val_loader = DataLoader(val, batch_size=batch_size)
+    base_top1 = accuracy(model, val_loader, progress=False)["top1"]
+    base_macs, base_params = count(model)
+    rows, plans, histories = [], {}, {}
+    for method in methods:
+        for rate in rates:
+            plan = select(stats, rate, criterion=method.criterion, model=model, seed=seed)
+            pruned = prune(copy.deepcopy(model), plan, stats, compensate=method.compensate)
+            macs, params = count(pruned)
+            top1 = accuracy(pruned, val_loader, progress=False)["top1"]
+            row = {"method": str(method), "rate": rate, "gmacs": macs / 1e9, "gmacs_change": change(macs, base_macs),
+                   "mparams": params / 1e6, "mparams_change": change(params, base_params),
+                   "retention_top1": top1, "retention_pct": 100 * top1 / base_top1}
+            if finetune_config is not None and train is not None:
+                history = finetune(pruned, train, val, finetune_config, teacher=model, progress=progress)
+                histories[(str(method), rate)] = history
+                row.update(final_top1=history[-1]["top1"], final_pct=100 * history[-1]["top1"] / base_top1)
+            rows.append(row)
+            plans[(str(method), rate)] = plan
+    return SweepResult(rows, plans, histories, base_top1)
+
+
+def table_csv(rows: list[dict]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def table_markdown(result: SweepResult, model: str, base_gmacs: float, base_mparams: float) -> str:
+    """One Table-10-shaped table per method: rate, MACs, params, retention and final accuracy.
+
+    MACs are in G as in the paper, or in M for models under 0.1 GMACs.
+    """
+    finetuned = "final_top1" in result.rows[0]
+    unit, scale = ("G", 1) if base_gmacs >= 0.1 else ("M", 1e3)
+    out = []
+    for method in dict.fromkeys(r["method"] for r in result.rows):
+        out.append(f"### {model}, {method}\n")
+        head = f"| rate | MACs ({unit}) | params (M) | retention top-1 (%) |" + (" final top-1 (%) |" if finetuned else "")
+        out.append(head)
+        out.append("|" + " --- |" * (head.count("|") - 1))
+        out.append(f"| base | {base_gmacs * scale:.3f} | {base_mparams:.4f} | {result.base_top1:.2f} |"
+                   + (" - |" if finetuned else ""))
+        for r in (r for r in result.rows if r["method"] == method):
+            line = (f"| {100 * r['rate']:.0f}% | {r['gmacs'] * scale:.3f} ({r['gmacs_change']}) | {r['mparams']:.4f} "
+                    f"({r['mparams_change']}) | {r['retention_top1']:.2f} ({r['retention_pct']:.2f}%) |")
+            if finetuned:
+                line += f" {r['final_top1']:.2f} ({r['final_pct']:.2f}%) |"
+            out.append(line)
+        out.append("")
+    return "\n".join(out)
