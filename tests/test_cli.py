@@ -64,3 +64,10 @@ def test_stats_of_another_model_are_refused(tmp_path, capsys):
     assert main(["prune", "--model", "deit_tiny_patch16_224", "--data", "synthetic", "--ratio", "0.5",
                  "--stats", str(stats)]) == 2
     assert "gathered on 'vbp_digits_vit'" in capsys.readouterr().err
+
+
+def test_eval_reports_retention_of_a_pruned_model(capsys):
+    assert main(["eval", "--ratio", "0.6", "--criterion", "random", "--no-compensation", "--batch-size", "256"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["retention_pct"] == pytest.approx(100 * result["top1"] / result["reference_top1"])
+    assert result["reference_top1"] > 95 and result["top1"] < result["reference_top1"]

@@ -13,6 +13,7 @@ from .checkpoint import load_pruned, save_pruned
 from .criteria import CRITERIA
 from .data import dataset, loader
 from .digits import MODEL_NAME
+from .distributed import init_from_env, is_main_process, shutdown
 from .errors import VbpError
 from .evaluate import accuracy
 from .files import check_writable, write_text_atomic
@@ -140,6 +141,7 @@ def cmd_finetune(args) -> None:
     config.validate()
     output = Path(args.output)
     check_writable(output / "model.safetensors")
+    args.device = init_from_env(args.device)
     student = load_pruned(args.pruned, args.device)
     teacher = None
     if not args.no_kd:
@@ -149,17 +151,21 @@ def cmd_finetune(args) -> None:
             teacher = _reference(args, student)
     train = dataset(args.data, student, split="train", training=True)
     val = dataset(args.val_data or args.data, student, split="test") if args.val_data or args.data == "digits" else None
-    history = finetune(student, train, val, config, teacher=teacher, output=output, resume=args.resume)
-    save_pruned(student, output / "model.safetensors")
-    print(json.dumps(history[-1]))
-    print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")
+    try:
+        history = finetune(student, train, val, config, teacher=teacher, output=output, resume=args.resume)
+    finally:
+        shutdown()
+    if is_main_process():
+        save_pruned(student, output / "model.safetensors")
+        print(json.dumps(history[-1]))
+        print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")
 
 
 def cmd_sweep(args) -> None:
     from .figures import activation_histograms, layer_distribution, learning_curves, retention_vs_rate
-    from .sweep import Method, check_rates, sweep, table_csv, table_markdown
+    from .sweep import Method, parse_rates, sweep, table_csv, table_markdown
 
-    rates = check_rates([float(r) for r in args.rates.split(",")])
+    rates = parse_rates(args.rates)
     methods = [Method.parse(m) for m in args.methods.split(",")]
     output = Path(args.output)
     check_writable(output / "table.csv")

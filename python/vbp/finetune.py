@@ -79,7 +79,7 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
     device = model_device(student)
     use_kd = teacher is not None and config.kd_alpha > 0
     if use_kd:
-        teacher.eval().requires_grad_(False)
+        teacher.eval()
         _check_teacher(student, teacher, train[0][0].unsqueeze(0).to(device))
 
     generator = torch.Generator().manual_seed(config.seed)

@@ -48,6 +48,15 @@ def check_rates(rates: list[float]) -> list[float]:
     return [check_ratio(r) for r in rates]
 
 
+def parse_rates(text: str) -> list[float]:
+    """"0.1,0.3,0.5" -> [0.1, 0.3, 0.5], each checked to lie in [0, 1)."""
+    try:
+        rates = [float(r) for r in text.split(",") if r.strip()]
+    except ValueError as exc:
+        raise VbpError(f"rates must be comma-separated numbers in [0, 1), got '{text}'") from exc
+    return check_rates(rates)
+
+
 @dataclass
 class SweepResult:
     """rows: one dict per (method, rate), Table 10's columns; plans and fine-tuning histories by (method, rate)."""

@@ -1,0 +1,56 @@
+"""The sweep: MACs/params agree with vbp.count, methods parse, bad rate lists are refused; the CLI writes its files."""
+
+import copy
+import json
+
+import pytest
+from torch.utils.data import Subset
+
+import vbp
+from vbp.cli import main
+from vbp.data import loader
+from vbp.finetune import FinetuneConfig
+from vbp.sweep import Method, sweep, table_markdown
+
+
+def test_sweep_rows_agree_with_count():
+    model = vbp.create_model("vbp_digits_vit", pretrained=True)
+    stats = vbp.calibrate(model, loader(vbp.digits("train"), 512), progress=False)
+    val = Subset(vbp.digits("test"), range(100))
+    methods = [Method.parse("variance+comp"), Method.parse("magnitude")]
+    result = sweep(model, stats, [0.2, 0.6], methods, val, Subset(vbp.digits("train"), range(64)),
+                   FinetuneConfig(epochs=1, batch_size=32))
+    assert [(r["method"], r["rate"]) for r in result.rows] == [("variance+comp", 0.2), ("variance+comp", 0.6),
+                                                               ("magnitude", 0.2), ("magnitude", 0.6)]
+    for row in result.rows:
+        method = Method.parse(row["method"])
+        plan = vbp.select(stats, row["rate"], criterion=method.criterion, model=model)
+        macs, params = vbp.count(vbp.prune(copy.deepcopy(model), plan, stats, compensate=method.compensate))
+        assert row["gmacs"] == macs / 1e9 and row["mparams"] == params / 1e6
+        assert 0 <= row["final_top1"] <= 100 and row["retention_pct"] == 100 * row["retention_top1"] / result.base_top1
+    assert len(result.histories[("magnitude", 0.6)]) == 1
+    assert "| 60% |" in table_markdown(result, "digits", *[v / s for v, s in zip(vbp.count(model), (1e9, 1e6))])
+
+
+def test_methods_parse():
+    assert Method.parse("random") == Method("random", False)
+    assert str(Method.parse("magnitude+comp")) == "magnitude+comp"
+    with pytest.raises(vbp.VbpError, match="unknown method"):
+        Method.parse("variance+bias")
+
+
+@pytest.mark.parametrize("rates", ["0.1,1.0", "-0.2", ""])
+def test_rate_list_out_of_range_is_refused_before_anything_is_written(rates, tmp_path, capsys):
+    assert main(["sweep", "--rates", rates, "--output", str(tmp_path / "s")]) == 2
+    assert "error" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists() or not list((tmp_path / "s").iterdir())
+
+
+def test_sweep_command_writes_table_and_figures(tmp_path):
+    assert main(["sweep", "--rates", "0.3,0.6", "--methods", "variance+comp,random", "--finetune-epochs", "1",
+                 "--samples", "256", "--output", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["fig4_learning_curves.png", "fig5_retention.png", "fig6_layers.png", "fig7_pruned_activations.png",
+                     "fig8_retained_activations.png", "sweep.json", "table.csv", "table.md"]
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert len(rows) == 4 and {"retention_top1", "final_top1", "gmacs_change"} <= set(rows[0])
