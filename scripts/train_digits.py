@@ -37,7 +37,7 @@ def main() -> None:
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     model = timm.create_model(MODEL_NAME)
-    train = DataLoader(vbp.digits("train"), batch_size=64, shuffle=True, generator=g)
+    train = DataLoader(vbp.digits_split("train"), batch_size=64, shuffle=True, generator=g)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * len(train), pct_start=0.1)
     for epoch in range(args.epochs):
@@ -50,7 +50,7 @@ def main() -> None:
             scheduler.step()
         if (epoch + 1) % 20 == 0:
             print(f"epoch {epoch + 1}: loss {loss.item():.3f}")
-    test = DataLoader(vbp.digits("test"), batch_size=256)
+    test = DataLoader(vbp.digits_split("test"), batch_size=256)
     print("test accuracy:", accuracy(model, test, progress=False))
     with atomic_path(WEIGHTS) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)

@@ -21,15 +21,15 @@ from vbp.finetune import FinetuneConfig, finetune
 def digits_pruned():
     """The embedded digits ViT and a copy pruned hard (70%, random criterion) so there is something to recover."""
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    stats = vbp.calibrate(model, loader(vbp.digits("train"), 512), progress=False)
+    stats = vbp.calibrate(model, loader(vbp.digits_split("train"), 512), progress=False)
     pruned = vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.7, criterion="random", seed=1), stats, compensate=False)
     return model, pruned
 
 
 def test_a_few_epochs_lower_the_loss(digits_pruned):
     teacher, student = copy.deepcopy(digits_pruned[0]), copy.deepcopy(digits_pruned[1])
-    train = Subset(vbp.digits("train"), range(256))
-    images, labels = vbp.digits("train").tensors
+    train = Subset(vbp.digits_split("train"), range(256))
+    images, labels = vbp.digits_split("train").tensors
     with torch.no_grad():
         before = F.cross_entropy(student(images), labels).item()
     finetune(student, train, None, FinetuneConfig(epochs=3, batch_size=32, lr=1e-3), teacher=teacher, progress=False)
@@ -39,7 +39,7 @@ def test_a_few_epochs_lower_the_loss(digits_pruned):
 
 
 def test_resume_reaches_the_same_weights(digits_pruned, tmp_path, monkeypatch):
-    train, val = Subset(vbp.digits("train"), range(200)), Subset(vbp.digits("test"), range(50))
+    train, val = Subset(vbp.digits_split("train"), range(200)), Subset(vbp.digits_split("test"), range(50))
     config = FinetuneConfig(epochs=3, batch_size=32, lr=1e-3)
     teacher = digits_pruned[0]
     straight = copy.deepcopy(digits_pruned[1])
@@ -68,11 +68,11 @@ def test_resume_reaches_the_same_weights(digits_pruned, tmp_path, monkeypatch):
 def test_teacher_with_other_classes_and_foreign_checkpoint_are_refused(digits_pruned, tmp_path):
     teacher = vbp.create_model("vbp_digits_vit", num_classes=7)
     with pytest.raises(vbp.VbpError, match="teacher's outputs"):
-        finetune(copy.deepcopy(digits_pruned[1]), vbp.digits("train"), None, FinetuneConfig(epochs=1), teacher=teacher)
-    finetune(copy.deepcopy(digits_pruned[1]), Subset(vbp.digits("train"), range(64)), None,
+        finetune(copy.deepcopy(digits_pruned[1]), vbp.digits_split("train"), None, FinetuneConfig(epochs=1), teacher=teacher)
+    finetune(copy.deepcopy(digits_pruned[1]), Subset(vbp.digits_split("train"), range(64)), None,
              FinetuneConfig(epochs=1, batch_size=32), output=tmp_path, progress=False)
     with pytest.raises(vbp.VbpError, match="checkpoint of another model"):
-        finetune(copy.deepcopy(digits_pruned[0]), vbp.digits("train"), None, FinetuneConfig(epochs=2), output=tmp_path,
+        finetune(copy.deepcopy(digits_pruned[0]), vbp.digits_split("train"), None, FinetuneConfig(epochs=2), output=tmp_path,
                  resume=True)
 
 

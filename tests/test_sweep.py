@@ -15,10 +15,10 @@ from vbp.sweep import Method, sweep, table_markdown
 
 def test_sweep_rows_agree_with_count():
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    stats = vbp.calibrate(model, loader(vbp.digits("train"), 512), progress=False)
-    val = Subset(vbp.digits("test"), range(100))
+    stats = vbp.calibrate(model, loader(vbp.digits_split("train"), 512), progress=False)
+    val = Subset(vbp.digits_split("test"), range(100))
     methods = [Method.parse("variance+comp"), Method.parse("magnitude")]
-    result = sweep(model, stats, [0.2, 0.6], methods, val, Subset(vbp.digits("train"), range(64)),
+    result = sweep(model, stats, [0.2, 0.6], methods, val, Subset(vbp.digits_split("train"), range(64)),
                    FinetuneConfig(epochs=1, batch_size=32))
     assert [(r["method"], r["rate"]) for r in result.rows] == [("variance+comp", 0.2), ("variance+comp", 0.6),
                                                                ("magnitude", 0.2), ("magnitude", 0.6)]

@@ -5,7 +5,7 @@
 
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
-from .digits import digits  # also registers the timm model 'vbp_digits_vit'
+from .digits import digits_split  # also registers the timm model 'vbp_digits_vit'
 from .count import count
 from .errors import VbpError
 from .models import create_model
@@ -17,5 +17,5 @@ from .stats import Moments, Stats
 
 __all__ = [
     "MlpSite", "Moments", "Plan", "Stats", "VbpError", "calibrate", "count", "create_model", "find_sites",
-    "digits", "load_pruned", "prune", "save_pruned", "select",
+    "digits_split", "load_pruned", "prune", "save_pruned", "select",
 ]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .digits import digits
+from .digits import digits_split
 from .errors import VbpError
 
 
@@ -36,7 +36,7 @@ def dataset(spec: str, model: nn.Module, split: str = "train", num_images: int |
     """The data set named by `spec`: "digits" (its `split`), "synthetic" (`num_images` random images), or a
     folder (read with training transforms when `training`)."""
     if spec == "digits":
-        return digits(split)
+        return digits_split(split)
     if spec == "synthetic":
         return synthetic(tuple(model.pretrained_cfg["input_size"]), num_images or 1)
     return image_folder(spec, model, training)

@@ -9,7 +9,7 @@ import torch
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
 from .data import loader
-from .digits import MODEL_NAME, digits
+from .digits import MODEL_NAME, digits_split
 from .errors import VbpError
 from .evaluate import accuracy, latency
 from .models import create_model
@@ -27,7 +27,7 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
     """
     start = time.perf_counter()
     model = create_model(MODEL_NAME, pretrained=True).to(device)
-    train, test = loader(digits("train"), 256), loader(digits("test"), 256)
+    train, test = loader(digits_split("train"), 256), loader(digits_split("test"), 256)
 
     stats = calibrate(model, train, progress=False)
     plan = select(stats, ratio)
@@ -36,7 +36,7 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
     acc_full = accuracy(model, test, progress=False)["top1"]
     acc_pruned = accuracy(pruned, test, progress=False)["top1"]
     summary = summarize(model, pruned, MODEL_NAME, ratio)
-    images = digits("test").tensors[0][:LATENCY_BATCH].to(device)
+    images = digits_split("test").tensors[0][:LATENCY_BATCH].to(device)
     t_full, t_pruned = latency(model, images), latency(pruned, images)
 
     path = output / "model.safetensors"

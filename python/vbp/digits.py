@@ -35,7 +35,7 @@ def vbp_digits_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
     return build_model_with_cfg(VisionTransformer, MODEL_NAME, pretrained, **dict(ARCHITECTURE, **kwargs))
 
 
-def digits(split: str) -> TensorDataset:
+def digits_split(split: str) -> TensorDataset:
     """The "train" (1437 images) or "test" (360 images) split: images [N, 1, 8, 8] in [-1, 1], labels [N].
 
     The split is stratified and fixed (random_state=0), so every run sees the same images.
