@@ -17,7 +17,7 @@ from torch.utils.data import TensorDataset
 
 WEIGHTS = Path(__file__).parent / "assets" / "digits_vit.safetensors"
 MODEL_NAME = "vbp_digits_vit"
-ARCHITECTURE = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64, depth=6, num_heads=4,
+ARCHITECTURE = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=4, num_heads=4,
                     mlp_ratio=4.0, global_pool="token")
 
 # timm reads `default_cfgs` of the module that registers a model.
@@ -31,7 +31,7 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def vbp_digits_vit(pretrained: bool = False, **kwargs) -> VisionTransformer:
-    """A 6-block ViT for 1x8x8 digit images (2x2 patches, width 64, MLP hidden width 256)."""
+    """A 4-block ViT for 1x8x8 digit images (2x2 patches, width 32, MLP hidden width 128)."""
     return build_model_with_cfg(VisionTransformer, MODEL_NAME, pretrained, **dict(ARCHITECTURE, **kwargs))
 
 
