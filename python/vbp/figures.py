@@ -12,6 +12,15 @@ from .plan import Plan  # noqa: E402
 from .stats import Stats  # noqa: E402
 
 
+# Methods often tie exactly; decreasing marker sizes and distinct styles keep every line visible.
+_STYLES = [dict(marker="o", markersize=9, linestyle="-"), dict(marker="s", markersize=6, linestyle="--"),
+           dict(marker="^", markersize=5, linestyle=":"), dict(marker="x", markersize=6, linestyle="-.")]
+
+
+def _style(i: int) -> dict:
+    return _STYLES[i % len(_STYLES)]
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -22,9 +31,9 @@ def _save(fig, path: Path) -> Path:
 def retention_vs_rate(rows: list[dict], base_top1: float, path: Path) -> Path:
     """Fig. 5: top-1 accuracy right after pruning against the pruning rate, one line per method."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method in dict.fromkeys(r["method"] for r in rows):
+    for i, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
         mine = [r for r in rows if r["method"] == method]
-        ax.plot([100 * r["rate"] for r in mine], [r["retention_top1"] for r in mine], marker="o", label=method)
+        ax.plot([100 * r["rate"] for r in mine], [r["retention_top1"] for r in mine], label=method, **_style(i))
     ax.axhline(base_top1, color="gray", linestyle="--", linewidth=1, label="unpruned")
     ax.set(xlabel="pruning rate (% of MLP neurons)", ylabel="top-1 after pruning (%)", title="Accuracy retention")
     ax.legend()
@@ -51,8 +60,8 @@ def layer_distribution(plans: dict[str, Plan], path: Path) -> Path:
 def learning_curves(histories: dict[str, list[dict]], base_top1: float, rate: float, path: Path) -> Path:
     """Fig. 4: validation top-1 during fine-tuning, per method, starting from accuracy right after pruning."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, (start, history) in histories.items():
-        ax.plot([0] + [h["epoch"] for h in history], [start] + [h["top1"] for h in history], marker="o", label=method)
+    for i, (method, (start, history)) in enumerate(histories.items()):
+        ax.plot([0] + [h["epoch"] for h in history], [start] + [h["top1"] for h in history], label=method, **_style(i))
     ax.axhline(base_top1, color="gray", linestyle="--", linewidth=1, label="unpruned")
     ax.set(xlabel="fine-tuning epoch", ylabel="top-1 (%)", title=f"Fine-tuning after pruning {100 * rate:.0f}%")
     ax.legend()
