@@ -29,7 +29,8 @@ def test_sweep_rows_agree_with_count():
         assert row["gmacs"] == macs / 1e9 and row["mparams"] == params / 1e6
         assert 0 <= row["final_top1"] <= 100 and row["retention_pct"] == 100 * row["retention_top1"] / result.base_top1
     assert len(result.histories[("magnitude", 0.6)]) == 1
-    assert "| 60% |" in table_markdown(result, "digits", *[v / s for v, s in zip(vbp.count(model), (1e9, 1e6))])
+    assert "| 60% |" in table_markdown(result, "digits")
+    assert (result.base_gmacs, result.base_mparams) == tuple(v / s for v, s in zip(vbp.count(model), (1e9, 1e6)))
 
 
 def test_methods_parse():

@@ -1,4 +1,4 @@
-"""The `vbp` command: calibrate, prune, eval and demo (`vbp COMMAND --help` for each)."""
+"""The `vbp` command: calibrate, prune, eval, finetune, sweep and demo (`vbp COMMAND --help` for each)."""
 
 import argparse
 import copy
@@ -16,7 +16,7 @@ from .digits import MODEL_NAME
 from .distributed import init_from_env, is_main_process, shutdown
 from .errors import VbpError
 from .evaluate import accuracy
-from .files import check_writable, write_text_atomic
+from .files import check_writable
 from .finetune import FinetuneConfig, finetune
 from .models import create_model, model_kwargs, model_name
 from .prune import prune
@@ -33,11 +33,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _add_data_args(p: argparse.ArgumentParser, default_batches: int | None = None) -> None:
+def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="digits",
                    help="an ImageFolder directory, 'digits' (embedded) or 'synthetic' (random images); default digits")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-batches", type=int, default=default_batches, help="use at most this many batches")
+    p.add_argument("--num-batches", type=int, help="use at most this many batches")
 
 
 def _add_pruning_args(p: argparse.ArgumentParser) -> None:
@@ -55,9 +55,14 @@ def _pruned(args, model, stats):
     return plan, prune(copy.deepcopy(model), plan, stats, compensate=not args.no_compensation)
 
 
+def _load_weights(args, name: str) -> dict:
+    """--pretrained / --checkpoint as create_model arguments; the embedded model always has its weights."""
+    pretrained = args.pretrained or (name == MODEL_NAME and args.checkpoint is None)
+    return dict(pretrained=pretrained, checkpoint=args.checkpoint)
+
+
 def _model(args) -> torch.nn.Module:
-    pretrained = args.pretrained or (args.model == MODEL_NAME and args.checkpoint is None)
-    return create_model(args.model, pretrained=pretrained, checkpoint=args.checkpoint).to(args.device)
+    return create_model(args.model, **_load_weights(args, args.model)).to(args.device)
 
 
 def _data(args, model, split: str):
@@ -65,23 +70,34 @@ def _data(args, model, split: str):
     return loader(dataset(args.data, model, split=split, num_images=num_images), args.batch_size)
 
 
+def _val_dataset(args, model):
+    """--val-data, or the digits test split with --data digits; None when neither is given."""
+    if args.val_data or args.data == "digits":
+        return dataset(args.val_data or args.data, model, split="test")
+    return None
+
+
+def _calibrate(args, model, samples: int = 0) -> Stats:
+    return calibrate(model, _data(args, model, "train"), num_batches=args.num_batches, samples=samples)
+
+
 def _calibrated_stats(args, model) -> Stats:
-    if args.stats and Path(args.stats).exists():
-        stats = Stats.load(args.stats)
-        stats.check_matches(model_name(model), site_widths(model), what=f"--model ({args.model})")
-        print(f"statistics from {args.stats}")
-    elif args.stats and args.command == "prune":
+    """The statistics of --stats when given (checked against the model), else a calibration on --data now."""
+    if not args.stats:
+        return _calibrate(args, model)
+    if not Path(args.stats).exists():
         raise VbpError(f"statistics file {args.stats} does not exist; run `vbp calibrate --stats {args.stats}` first "
                        "or leave out --stats to calibrate now")
-    else:
-        stats = calibrate(model, _data(args, model, "train"), num_batches=args.num_batches)
+    stats = Stats.load(args.stats)
+    stats.check_matches(model_name(model), site_widths(model), what=f"--model ({args.model})")
+    print(f"statistics from {args.stats}")
     return stats
 
 
 def cmd_calibrate(args) -> None:
     check_writable(args.stats)
     model = _model(args)
-    stats = calibrate(model, _data(args, model, "train"), num_batches=args.num_batches)
+    stats = _calibrate(args, model)
     stats.save(args.stats)
     samples = next(iter(stats.sites.values())).count
     print(f"wrote statistics of {len(stats.sites)} MLP sites ({samples} samples each) to {args.stats}")
@@ -111,8 +127,7 @@ def cmd_prune(args) -> None:
 def _reference(args, pruned: torch.nn.Module) -> torch.nn.Module:
     """The unpruned model a pruned one came from: its timm name and kwargs, with --pretrained/--checkpoint."""
     name = model_name(pruned)
-    pretrained = args.pretrained or (name == MODEL_NAME and args.checkpoint is None)
-    return create_model(name, pretrained=pretrained, checkpoint=args.checkpoint, **model_kwargs(pruned)).to(args.device)
+    return create_model(name, **_load_weights(args, name), **model_kwargs(pruned)).to(args.device)
 
 
 def cmd_eval(args) -> None:
@@ -150,7 +165,7 @@ def cmd_finetune(args) -> None:
         else:
             teacher = _reference(args, student)
     train = dataset(args.data, student, split="train", training=True)
-    val = dataset(args.val_data or args.data, student, split="test") if args.val_data or args.data == "digits" else None
+    val = _val_dataset(args, student)
     try:
         history = finetune(student, train, val, config, teacher=teacher, output=output, resume=args.resume)
     finally:
@@ -162,42 +177,25 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from .figures import activation_histograms, layer_distribution, learning_curves, retention_vs_rate
-    from .sweep import Method, parse_rates, sweep, table_csv, table_markdown
+    from .figures import sweep_figures
+    from .sweep import Method, parse_rates, sweep, table_markdown, write_tables
 
     rates = parse_rates(args.rates)
     methods = [Method.parse(m) for m in args.methods.split(",")]
     output = Path(args.output)
     check_writable(output / "table.csv")
     model = _model(args)
-    stats = calibrate(model, _data(args, model, "train"), num_batches=args.num_batches, samples=args.samples)
-    val = dataset(args.val_data or args.data, model, split="test")
+    val = _val_dataset(args, model)
+    if val is None:
+        raise VbpError("the sweep needs evaluation data: give --val-data DIR (or use --data digits)")
+    stats = _calibrate(args, model, samples=args.samples)
     train = dataset(args.data, model, split="train", training=True) if args.finetune_epochs else None
     config = FinetuneConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, seed=args.seed) if train else None
     result = sweep(model, stats, rates, methods, val, train, config, seed=args.seed, progress=True)
-
-    from .count import count
-
-    macs, params = count(model)
-    write_text_atomic(output / "table.csv", table_csv(result.rows))
-    write_text_atomic(output / "table.md", table_markdown(result, args.model, macs / 1e9, params / 1e6))
-    write_text_atomic(output / "sweep.json", json.dumps({"model": args.model, "base_top1": result.base_top1,
-                                                          "rows": result.rows}, indent=1) + "\n")
+    write_tables(result, args.model, output)
     figure_rate = min(rates, key=lambda r: abs(r - args.figure_rate))
-    retention_vs_rate(result.rows, result.base_top1, output / "fig5_retention.png")
-    layer_distribution({m: p for (m, r), p in result.plans.items() if r == figure_rate}, output / "fig6_layers.png")
-    if result.histories:
-        starts = {r["method"]: r["retention_top1"] for r in result.rows if r["rate"] == figure_rate}
-        curves = {m: (starts[m], h) for (m, r), h in result.histories.items() if r == figure_rate}
-        learning_curves(curves, result.base_top1, figure_rate, output / "fig4_learning_curves.png")
-    plan = result.plans[(str(methods[0]), figure_rate)]
-    for pruned, name in ((True, "fig7_pruned_activations.png"), (False, "fig8_retained_activations.png")):
-        # first, middle and last of the sites that have a neuron of the kind shown
-        sites = [s for s in stats.sites if (plan.pruned(s) if pruned else plan.kept(s)).numel()]
-        chosen = list(dict.fromkeys([sites[0], sites[len(sites) // 2], sites[-1]])) if sites else []
-        if chosen:
-            activation_histograms(stats, plan, chosen, pruned, output / name)
-    print(table_markdown(result, args.model, macs / 1e9, params / 1e6))
+    sweep_figures(result, stats, figure_rate, str(methods[0]), output)
+    print(table_markdown(result, args.model))
     print(f"wrote the table and figures to {output}/")
 
 

@@ -5,7 +5,7 @@ import os
 import timm.data
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from .digits import digits_split
 from .errors import VbpError
@@ -48,5 +48,11 @@ def loader(data: Dataset, batch_size: int) -> DataLoader:
         raise VbpError(f"batch size must be at least 1, got {batch_size}")
     if len(data) == 0:
         raise VbpError("the data set is empty; give data with at least one image")
-    workers = 0 if isinstance(data, TensorDataset) else min(4, os.cpu_count() or 1)
-    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=loader_workers(data))
+
+
+def loader_workers(data: Dataset) -> int:
+    """Worker processes for decoding images; in-memory tensors need none."""
+    while isinstance(data, Subset):
+        data = data.dataset
+    return 0 if isinstance(data, TensorDataset) else min(4, os.cpu_count() or 1)

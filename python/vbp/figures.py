@@ -10,6 +10,7 @@ import torch  # noqa: E402
 
 from .plan import Plan  # noqa: E402
 from .stats import Stats  # noqa: E402
+from .sweep import SweepResult  # noqa: E402
 
 
 # Methods often tie exactly; decreasing marker sizes and distinct styles keep every line visible.
@@ -90,3 +91,20 @@ def activation_histograms(stats: Stats, plan: Plan, sites: list[str], pruned: bo
         ax.set_xlabel(f"value (var after: {float(var[pick]):.2g})")
     axes[0][0].legend()
     return _save(fig, path)
+
+
+def sweep_figures(result: SweepResult, stats: Stats, figure_rate: float, histogram_method: str, output: Path) -> None:
+    """Figs. 4-8 of a sweep into `output`: curves and layer shares at `figure_rate`, and activation histograms
+    of the first, middle and last site that has a pruned (kept) neuron under `histogram_method`'s plan."""
+    retention_vs_rate(result.rows, result.base_top1, output / "fig5_retention.png")
+    layer_distribution({m: p for (m, r), p in result.plans.items() if r == figure_rate}, output / "fig6_layers.png")
+    if result.histories:
+        starts = {r["method"]: r["retention_top1"] for r in result.rows if r["rate"] == figure_rate}
+        curves = {m: (starts[m], h) for (m, r), h in result.histories.items() if r == figure_rate}
+        learning_curves(curves, result.base_top1, figure_rate, output / "fig4_learning_curves.png")
+    plan = result.plans[(histogram_method, figure_rate)]
+    for pruned, name in ((True, "fig7_pruned_activations.png"), (False, "fig8_retained_activations.png")):
+        sites = [s for s in stats.sites if (plan.pruned(s) if pruned else plan.kept(s)).numel()]
+        if sites:
+            chosen = list(dict.fromkeys([sites[0], sites[len(sites) // 2], sites[-1]]))
+            activation_histograms(stats, plan, chosen, pruned, output / name)

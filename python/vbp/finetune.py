@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
+from .data import loader, loader_workers
 from .distill import kd_loss
 from .errors import VbpError
 from .evaluate import accuracy
@@ -85,8 +86,9 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
     generator = torch.Generator().manual_seed(config.seed)
     sampler = (DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
                if world > 1 else RandomSampler(train, generator=generator))
-    loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler, drop_last=len(train) >= config.batch_size)
-    steps_per_epoch = len(loader)
+    train_loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler, num_workers=loader_workers(train),
+                        drop_last=len(train) >= config.batch_size)
+    steps_per_epoch = len(train_loader)
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps_per_epoch, lr_min=config.lr * 1e-2,
                                   warmup_t=int(config.warmup_epochs * steps_per_epoch), warmup_lr_init=config.lr * 1e-2,
@@ -115,7 +117,7 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
             sampler.set_epoch(epoch)
         model.train()
         started, total_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress or rank != 0)
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress or rank != 0)
         for step, (images, labels) in enumerate(bar):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast:
@@ -141,7 +143,7 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
         row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
                "seconds": time.perf_counter() - started}
         if val is not None:
-            row.update(accuracy(student, DataLoader(val, batch_size=config.batch_size * 2), progress=False))
+            row.update(accuracy(student, loader(val, config.batch_size * 2), progress=False))
         history.append(row)
         if output and rank == 0:
             _write_epoch(Path(output), student, optimizer, scheduler, generator, history, config)

@@ -7,7 +7,9 @@ A method is a criterion with or without mean-shift compensation, written "varian
 import copy
 import csv
 import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -16,6 +18,7 @@ from .count import count
 from .criteria import CRITERIA
 from .errors import VbpError
 from .evaluate import accuracy
+from .files import write_text_atomic
 from .finetune import FinetuneConfig, finetune
 from .plan import Plan
 from .prune import prune
@@ -59,12 +62,15 @@ def parse_rates(text: str) -> list[float]:
 
 @dataclass
 class SweepResult:
-    """rows: one dict per (method, rate), Table 10's columns; plans and fine-tuning histories by (method, rate)."""
+    """rows: one dict per (method, rate), Table 10's columns; plans and fine-tuning histories by (method, rate);
+    the unpruned model's top-1, GMACs and M params."""
 
     rows: list[dict]
     plans: dict[tuple[str, float], Plan]
     histories: dict[tuple[str, float], list[dict]]
     base_top1: float
+    base_gmacs: float
+    base_mparams: float
 
 
 def sweep(model: nn.Module, stats: Stats, rates: list[float], methods: list[Method], val: Dataset,
@@ -92,7 +98,7 @@ def sweep(model: nn.Module, stats: Stats, rates: list[float], methods: list[Meth
                 row.update(final_top1=history[-1]["top1"], final_pct=100 * history[-1]["top1"] / base_top1)
             rows.append(row)
             plans[(str(method), rate)] = plan
-    return SweepResult(rows, plans, histories, base_top1)
+    return SweepResult(rows, plans, histories, base_top1, base_macs / 1e9, base_params / 1e6)
 
 
 def table_csv(rows: list[dict]) -> str:
@@ -103,20 +109,20 @@ def table_csv(rows: list[dict]) -> str:
     return text.getvalue()
 
 
-def table_markdown(result: SweepResult, model: str, base_gmacs: float, base_mparams: float) -> str:
+def table_markdown(result: SweepResult, model: str) -> str:
     """One Table-10-shaped table per method: rate, MACs, params, retention and final accuracy.
 
     MACs are in G as in the paper, or in M for models under 0.1 GMACs.
     """
     finetuned = "final_top1" in result.rows[0]
-    unit, scale = ("G", 1) if base_gmacs >= 0.1 else ("M", 1e3)
+    unit, scale = ("G", 1) if result.base_gmacs >= 0.1 else ("M", 1e3)
     out = []
     for method in dict.fromkeys(r["method"] for r in result.rows):
         out.append(f"### {model}, {method}\n")
         head = f"| rate | MACs ({unit}) | params (M) | retention top-1 (%) |" + (" final top-1 (%) |" if finetuned else "")
         out.append(head)
         out.append("|" + " --- |" * (head.count("|") - 1))
-        out.append(f"| base | {base_gmacs * scale:.3f} | {base_mparams:.4f} | {result.base_top1:.2f} |"
+        out.append(f"| base | {result.base_gmacs * scale:.3f} | {result.base_mparams:.4f} | {result.base_top1:.2f} |"
                    + (" - |" if finetuned else ""))
         for r in (r for r in result.rows if r["method"] == method):
             line = (f"| {100 * r['rate']:.0f}% | {r['gmacs'] * scale:.3f} ({r['gmacs_change']}) | {r['mparams']:.4f} "
@@ -126,3 +132,12 @@ def table_markdown(result: SweepResult, model: str, base_gmacs: float, base_mpar
             out.append(line)
         out.append("")
     return "\n".join(out)
+
+
+def write_tables(result: SweepResult, model: str, output: Path) -> None:
+    """output/table.csv, table.md and sweep.json (rows plus the unpruned model's figures)."""
+    write_text_atomic(output / "table.csv", table_csv(result.rows))
+    write_text_atomic(output / "table.md", table_markdown(result, model))
+    doc = {"model": model, "base_top1": result.base_top1, "base_gmacs": result.base_gmacs,
+           "base_mparams": result.base_mparams, "rows": result.rows}
+    write_text_atomic(output / "sweep.json", json.dumps(doc, indent=1) + "\n")
