@@ -1,15 +1,19 @@
 """Run a model over calibration data and gather per-neuron post-activation statistics of every MLP site."""
 
+import os
+from pathlib import Path
 from typing import Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import all_gather_stats
 from .errors import VbpError
 from .models import model_device, model_name
+from .recorder import SiteRecorder, attach, resolve_backend
 from .reservoir import Reservoir
-from .sites import MlpSite, find_sites, hidden_channels_last
+from .sites import find_sites
 from .stats import Moments, Stats
 
 
@@ -18,43 +22,15 @@ def _images(batch) -> torch.Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-class _SiteRecorder:
-    """Forward hook on one site's activation: folds each hidden tensor into the site's running Moments.
-
-    On CPU a non-finite batch raises at once and leaves the running state as it was; on CUDA the
-    check is deferred to the end of calibration so no batch forces a host sync.
-    """
-
-    def __init__(self, site: MlpSite, device: torch.device, reservoir: Reservoir | None):
-        self.site = site
-        self.moments = Moments.zeros(site.width, device)
-        self.reservoir = reservoir
-        self.batch = 0
-        self.deferred_checks: list[tuple[int, torch.Tensor]] = []
-
-    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
-        post = hidden_channels_last(output.detach(), self.site.channel_dim)
-        update = Moments.of(post)
-        finite = update.is_finite()
-        if output.device.type == "cuda":
-            self.deferred_checks.append((self.batch, finite))
-        elif not finite:
-            self.fail(self.batch)
-        self.moments = self.moments.merge(update)
-        if self.reservoir is not None:
-            self.reservoir.add(hidden_channels_last(inputs[0].detach(), self.site.channel_dim), post)
-
-    def fail(self, batch: int) -> None:
-        raise VbpError(
-            f"non-finite activations (NaN or Inf) at MLP site '{self.site.name}' in calibration batch {batch}; "
-            "check the model weights and the input data"
-        )
-
-    def check_deferred(self) -> None:
-        if self.deferred_checks:
-            ok = torch.stack([f for _, f in self.deferred_checks]).cpu()
-            if not ok.all():
-                self.fail(self.deferred_checks[int((~ok).nonzero()[0])][0])
+def _start_state(sites, name: str, device, checkpoint: Path | None, resume: bool) -> tuple[dict[str, Moments], int, int]:
+    """Running moments per site, batches and samples already done: zeros, or the checkpoint when resuming."""
+    if not resume:
+        return {s.name: Moments.zeros(s.width, device) for s in sites}, 0, 0
+    if checkpoint is None or not checkpoint.exists():
+        raise VbpError(f"nothing to resume: no calibration checkpoint at {checkpoint}")
+    saved = Stats.load(checkpoint)
+    saved.check_matches(name, {s.name: s.width for s in sites}, what="the model being calibrated")
+    return saved.to(device).sites, saved.batches, saved.images
 
 
 @torch.inference_mode()
@@ -66,30 +42,59 @@ def calibrate(
     progress: bool = True,
     name: str | None = None,
     samples: int = 0,
+    backend: str = "auto",
+    nonfinite: str = "error",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> Stats:
     """Statistics of every MLP site's post-activation values over `data`.
 
     model: a timm model with MLP sites (see `find_sites`); run in eval mode on its own device.
-    data: iterable of image batches [B, C, H, W], or (images, labels) pairs.
+    data: iterable of image batches [B, C, H, W], or (images, labels) pairs, in a repeatable order.
     num_batches / num_samples: stop after this many batches / images (the last batch is trimmed).
     name: model name stored in the statistics (default: the timm architecture name).
     samples: keep a uniform sample of this many rows of pre- and post-activation values per site
         (`Stats.samples`), for activation histograms.
-    Every token (ViT, Swin) or spatial position (ConvNeXt) of every image is one sample per neuron.
+    backend: "triton" (fused GELU + Welford kernel), "torch" (hooks, float64 two-pass), or "auto" (Triton
+        on CUDA, PyTorch elsewhere). Both give the same statistics.
+    nonfinite: "error" (NaN/Inf activations raise, naming site and batch) or "skip" (such batches are left
+        out per site and counted in `Stats.skipped`).
+    checkpoint / checkpoint_every / resume: save the running statistics atomically every K batches to
+        `checkpoint`; `resume` continues from it, skipping the batches already done, and ends with the
+        statistics of an uninterrupted run.
+    Every token (ViT, Swin) or spatial position (ConvNeXt) of every image is one sample per neuron. Under
+    torch.distributed each rank calibrates its own shard and all ranks end with the merged statistics.
     """
     for limit, what in ((num_batches, "num_batches"), (num_samples, "num_samples")):
         if limit is not None and limit < 1:
             raise VbpError(f"{what} must be at least 1, got {limit}")
+    if nonfinite not in ("error", "skip"):
+        raise VbpError(f"nonfinite must be 'error' or 'skip', got '{nonfinite}'")
+    if samples and (resume or checkpoint_every):
+        raise VbpError("activation samples are not kept in calibration checkpoints; use samples=0 with resume")
     device = model_device(model)
-    recorders = [_SiteRecorder(site, device, Reservoir(samples, seed=i) if samples else None)
-                 for i, site in enumerate(find_sites(model))]
-    hooks = [r.site.act.register_forward_hook(r) for r in recorders]
+    backend = resolve_backend(backend, device)
+    name = name if name is not None else model_name(model)
+    checkpoint = Path(checkpoint) if checkpoint is not None else None
+    sites = find_sites(model)
+    start, done_batches, done_samples = _start_state(sites, name, device, checkpoint, resume)
+    recorders = [SiteRecorder(s, start[s.name], Reservoir(samples, seed=i) if samples else None, nonfinite)
+                 for i, s in enumerate(sites)]
+
+    def snapshot() -> Stats:
+        return Stats(name, {r.site.name: r.moments for r in recorders}, batches=seen_batches,
+                     images=seen_samples, skipped={r.site.name: r.skipped for r in recorders})
+
+    handles = [attach(r, backend) for r in recorders]
     was_training = model.training
     model.eval()
-    seen_batches = seen_samples = 0
+    seen_batches, seen_samples = done_batches, done_samples
     total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     try:
-        for batch in tqdm(data, total=total, desc="calibrate", unit="batch", disable=not progress):
+        for index, batch in enumerate(tqdm(data, total=total, desc="calibrate", unit="batch", disable=not progress)):
+            if index < done_batches:  # already in the resumed state
+                continue
             images = _images(batch)
             if num_samples is not None:
                 images = images[: num_samples - seen_samples]
@@ -100,17 +105,20 @@ def calibrate(
             model(images.to(device, non_blocking=True))
             seen_batches += 1
             seen_samples += images.shape[0]
+            if checkpoint_every and checkpoint is not None and seen_batches % checkpoint_every == 0:
+                snapshot().save(checkpoint)
             if seen_batches == num_batches or seen_samples == num_samples:
                 break
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
         model.train(was_training)
-    if seen_batches == 0:
-        raise VbpError("the calibration data yielded no images; give a data set with at least one image")
     for r in recorders:
-        r.check_deferred()
-    sampled = {r.site.name: {"pre": r.reservoir.pre.cpu(), "post": r.reservoir.post.cpu()}
-               for r in recorders if r.reservoir is not None}
-    return Stats(name if name is not None else model_name(model), {r.site.name: r.moments for r in recorders},
-                 sampled or None)
+        r.finish()
+    stats = all_gather_stats(snapshot())
+    if stats.batches == 0:
+        raise VbpError("the calibration data yielded no images; give a data set with at least one image")
+    if samples:
+        stats.samples = {r.site.name: {"pre": r.reservoir.pre.cpu(), "post": r.reservoir.post.cpu()}
+                         for r in recorders if r.reservoir.pre is not None}
+    return stats

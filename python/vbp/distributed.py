@@ -1,9 +1,14 @@
-"""torch.distributed set-up for commands launched by torchrun (one process per device)."""
+"""torch.distributed for commands launched by torchrun (one process per device): set-up, sharding, and
+the merge of per-rank statistics."""
 
 import os
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset, Subset
+
+from .stats import Moments, Stats
 
 
 def init_from_env(device: str) -> str:
@@ -22,6 +27,12 @@ def init_from_env(device: str) -> str:
     return device
 
 
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def is_main_process() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -29,3 +40,45 @@ def is_main_process() -> bool:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shard(data: Dataset) -> Dataset:
+    """This rank's share of `data`: items rank, rank + world, ... Unlike DistributedSampler it never pads
+    with repeated items, so statistics merged over the ranks are those of the data set itself."""
+    rank, world = rank_and_world()
+    return data if world == 1 else Subset(data, range(rank, len(data), world))
+
+
+def all_gather_stats(stats: Stats) -> Stats:
+    """Every rank's statistics merged (Chan's formula, in rank order): all ranks return the same result.
+
+    Outside torch.distributed, `stats` itself. Activation samples stay those of the local rank.
+    """
+    rank, world = rank_and_world()
+    if world == 1:
+        return stats
+    names = list(stats.sites)
+    device = next(iter(stats.sites.values())).mean.device
+    if dist.get_backend() == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    # one float64 vector per rank: [batches, images, then per site: count, skipped, mean..., m2...]
+    parts = [torch.tensor([stats.batches, stats.images], dtype=torch.float64)]
+    for n in names:
+        m = stats.sites[n]
+        parts += [torch.tensor([m.count, stats.skipped.get(n, 0)], dtype=torch.float64), m.mean.cpu(), m.m2.cpu()]
+    local = torch.cat(parts).to(device)
+    gathered = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(gathered, local)
+    merged = None
+    for vec in gathered:
+        vec, offset = vec.to(stats.sites[names[0]].mean.device), 2
+        sites, skipped = {}, {}
+        for n in names:
+            width = stats.sites[n].mean.numel()
+            count, skip = int(vec[offset]), int(vec[offset + 1])
+            mean, m2 = vec[offset + 2: offset + 2 + width], vec[offset + 2 + width: offset + 2 + 2 * width]
+            sites[n], skipped[n] = Moments(count, mean.clone(), m2.clone()), skip
+            offset += 2 + 2 * width
+        part = replace(stats, sites=sites, batches=int(vec[0]), images=int(vec[1]), skipped=skipped)
+        merged = part if merged is None else merged.merge(part)
+    return replace(merged, samples=stats.samples)

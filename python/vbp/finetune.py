@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .data import loader, loader_workers
 from .distill import kd_loss
+from .distributed import rank_and_world
 from .errors import VbpError
 from .evaluate import accuracy
 from .files import atomic_path, write_text_atomic
@@ -52,12 +52,6 @@ class FinetuneConfig:
             raise VbpError("kd_alpha must be in [0, 1] and kd_temperature positive")
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _check_teacher(student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> None:
     with torch.inference_mode():
         s, t = student(images[:1]), teacher(images[:1])
@@ -76,7 +70,7 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
     checkpoint there. teacher: distil from it when config.kd_alpha > 0 (frozen, eval mode).
     """
     config.validate()
-    rank, world = _rank_and_world()
+    rank, world = rank_and_world()
     device = model_device(student)
     use_kd = teacher is not None and config.kd_alpha > 0
     if use_kd:

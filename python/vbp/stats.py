@@ -6,7 +6,7 @@ E[x^2] - E[x]^2 is never formed: it cancels catastrophically for exactly the low
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -73,11 +73,16 @@ class Stats:
 
     samples: optional site name -> {"pre": [k, C], "post": [k, C]}, a uniform sample of activation values
     before and after the non-linearity (see `calibrate(samples=k)`).
+    batches, images: how many calibration batches and images went in; skipped: batches left out per site
+    because of NaN/Inf (calibrate(nonfinite="skip")).
     """
 
     model: str
     sites: dict[str, Moments]
     samples: dict[str, dict[str, torch.Tensor]] | None = None
+    batches: int = 0
+    images: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -92,7 +97,9 @@ class Stats:
     def merge(self, other: "Stats") -> "Stats":
         """Statistics of the union of both sets of samples (e.g. two shards of a data set)."""
         self.check_matches(other.model, other.widths, what="the other statistics")
-        return Stats(self.model, {n: m.merge(other.sites[n]) for n, m in self.sites.items()}, self.samples)
+        skipped = {n: self.skipped.get(n, 0) + other.skipped.get(n, 0) for n in self.sites}
+        return replace(self, sites={n: m.merge(other.sites[n]) for n, m in self.sites.items()},
+                       batches=self.batches + other.batches, images=self.images + other.images, skipped=skipped)
 
     def check_matches(self, model: str, widths: dict[str, int], what: str = "the model") -> None:
         """Raise VbpError unless these statistics were gathered on a model with these sites and widths."""
@@ -106,8 +113,7 @@ class Stats:
             )
 
     def to(self, device: torch.device | str) -> "Stats":
-        sites = {n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()}
-        return Stats(self.model, sites, self.samples)
+        return replace(self, sites={n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()})
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file (mean and m2 per site) whose metadata holds model, sites, widths, counts."""
@@ -124,6 +130,9 @@ class Stats:
             "sites": list(self.sites),
             "widths": self.widths,
             "counts": {n: m.count for n, m in self.sites.items()},
+            "batches": self.batches,
+            "images": self.images,
+            "skipped": self.skipped,
         }
         write_safetensors(path, tensors, meta)
 
@@ -138,5 +147,6 @@ class Stats:
             raise VbpError(f"{path} is not a complete vbp statistics file (missing {exc}); calibrate again") from exc
         samples = {name: {"pre": tensors[f"{name}/sample_pre"], "post": tensors[f"{name}/sample_post"]}
                    for name in meta["sites"] if f"{name}/sample_pre" in tensors}
-        return cls(meta["model"], sites, samples or None)
+        return cls(meta["model"], sites, samples or None, meta.get("batches", 0), meta.get("images", 0),
+                   meta.get("skipped", {}))
 

@@ -1,0 +1,9 @@
+"""vbp's Triton kernels: pure functions of tensors, no model logic.
+
+Importing this package imports Triton. On machines without a GPU the kernels run only under
+TRITON_INTERPRET=1 (set before the first import), which the tests use.
+"""
+
+from .gelu_welford import ACTIVATIONS, activation_moments
+
+__all__ = ["ACTIVATIONS", "activation_moments"]
