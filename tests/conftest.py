@@ -1,12 +1,19 @@
 """Shared helpers: small random-init timm models and a float64 reference for VBP's compensation identity."""
 
 import copy
+import os
+import shutil
 
-import pytest
-import timm
-import torch
+# Without a GPU, Triton kernels run in its interpreter on CPU tensors. Triton reads this when it is
+# first imported, so it is set before anything imports torch.
+if shutil.which("nvidia-smi") is None:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import vbp
+import pytest  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
+
+import vbp  # noqa: E402
 
 
 def small_model(name: str, **kwargs) -> torch.nn.Module:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import vbp
 from vbp.cli import main
@@ -71,3 +72,22 @@ def test_eval_reports_retention_of_a_pruned_model(capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["retention_pct"] == pytest.approx(100 * result["top1"] / result["reference_top1"])
     assert result["reference_top1"] > 95 and result["top1"] < result["reference_top1"]
+
+
+def test_calibrate_under_torchrun_equals_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+           "-m", "vbp", "calibrate", "--batch-size", "100", "--backend", "torch", "--stats", str(tmp_path / "two.safetensors")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main(["calibrate", "--batch-size", "100", "--stats", str(tmp_path / "one.safetensors")]) == 0
+    two, one = vbp.Stats.load(tmp_path / "two.safetensors"), vbp.Stats.load(tmp_path / "one.safetensors")
+    assert two.images == one.images == 1437
+    # The ranks run other batch compositions, and fp32 GEMMs round slightly differently per batch shape.
+    for site in one.sites:
+        torch.testing.assert_close(two.variance(site), one.variance(site), rtol=1e-6, atol=1e-9)
+    assert not list(tmp_path.glob("*.partial*"))

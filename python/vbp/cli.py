@@ -13,13 +13,14 @@ from .checkpoint import load_pruned, save_pruned
 from .criteria import CRITERIA
 from .data import dataset, loader
 from .digits import MODEL_NAME
-from .distributed import init_from_env, is_main_process, shutdown
+from .distributed import init_from_env, is_main_process, rank_and_world, shard, shutdown
 from .errors import VbpError
 from .evaluate import accuracy
 from .files import check_writable
 from .finetune import FinetuneConfig, finetune
 from .models import create_model, model_kwargs, model_name
 from .prune import prune
+from .recorder import BACKENDS
 from .report import format_summary, summarize, write_summary
 from .select import SCOPES, check_ratio, select
 from .sites import site_widths
@@ -38,6 +39,10 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
                    help="an ImageFolder directory, 'digits' (embedded) or 'synthetic' (random images); default digits")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-batches", type=int, help="use at most this many batches")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="statistics backend: fused Triton kernel, PyTorch hooks, or auto (Triton on CUDA)")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="leave out (and count) batches whose activations hold NaN/Inf instead of stopping")
 
 
 def _add_pruning_args(p: argparse.ArgumentParser) -> None:
@@ -66,8 +71,9 @@ def _model(args) -> torch.nn.Module:
 
 
 def _data(args, model, split: str):
+    """Batches of --data (this process's shard of it under torchrun)."""
     num_images = args.batch_size * (args.num_batches or 1)
-    return loader(dataset(args.data, model, split=split, num_images=num_images), args.batch_size)
+    return loader(shard(dataset(args.data, model, split=split, num_images=num_images)), args.batch_size)
 
 
 def _val_dataset(args, model):
@@ -77,8 +83,12 @@ def _val_dataset(args, model):
     return None
 
 
-def _calibrate(args, model, samples: int = 0) -> Stats:
-    return calibrate(model, _data(args, model, "train"), num_batches=args.num_batches, samples=samples)
+def _calibrate(args, model, samples: int = 0, **resume) -> Stats:
+    stats = calibrate(model, _data(args, model, "train"), num_batches=args.num_batches, samples=samples, backend=args.backend,
+                      nonfinite="skip" if args.skip_nonfinite else "error", **resume)
+    if any(stats.skipped.values()):
+        print(f"left out batches with NaN/Inf activations, per site: {stats.skipped}")
+    return stats
 
 
 def _calibrated_stats(args, model) -> Stats:
@@ -96,11 +106,20 @@ def _calibrated_stats(args, model) -> Stats:
 
 def cmd_calibrate(args) -> None:
     check_writable(args.stats)
+    args.device = init_from_env(args.device)
+    rank, world = rank_and_world()
+    partial = Path(f"{args.stats}.partial" + (f".rank{rank}" if world > 1 else ""))
     model = _model(args)
-    stats = _calibrate(args, model)
-    stats.save(args.stats)
-    samples = next(iter(stats.sites.values())).count
-    print(f"wrote statistics of {len(stats.sites)} MLP sites ({samples} samples each) to {args.stats}")
+    try:
+        stats = _calibrate(args, model, checkpoint=partial, checkpoint_every=args.checkpoint_every, resume=args.resume)
+    finally:
+        shutdown()
+    if is_main_process():
+        stats.save(args.stats)
+        samples = next(iter(stats.sites.values())).count
+        print(f"wrote statistics of {len(stats.sites)} MLP sites ({stats.images} images, {samples} samples per neuron) "
+              f"to {args.stats}")
+    partial.unlink(missing_ok=True)
 
 
 def cmd_prune(args) -> None:
@@ -213,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--stats", required=True, help="statistics file to write (.safetensors)")
+    p.add_argument("--checkpoint-every", type=int, default=0,
+                   help="save the running statistics to STATS.partial every K batches (for --resume)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from STATS.partial")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("prune", help="prune the lowest-variance MLP neurons, with mean-shift compensation")

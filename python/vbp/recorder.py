@@ -11,6 +11,7 @@ NaN/Inf. It is attached to the model by one of two backends:
 import os
 from dataclasses import dataclass
 
+import timm.layers.activations as timm_act
 import torch
 from torch import nn
 
@@ -113,9 +114,10 @@ def _triton_hook(recorder: SiteRecorder):
 
 
 def _gelu_kind(act: nn.Module) -> str | None:
+    """The fused kernel's name for a GELU module (torch's or timm's), None for any other activation."""
     if type(act) is nn.GELU:
         return "gelu" if act.approximate == "none" else "gelu_tanh"
-    return None
+    return {timm_act.GELU: "gelu", timm_act.GELUTanh: "gelu_tanh"}.get(type(act))
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
