@@ -1,6 +1,7 @@
 // fold_bias on CPU (and its Meta kernel for torch.compile tracing).
 // Each output row is summed in float64 in the order of `pruned`: the same bits on every run.
 #include "fold_bias.h"
+#include "index_checks.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
@@ -16,18 +17,11 @@ void check_fold_bias_inputs(const at::Tensor& w2, const at::Tensor& b2, const at
               b2.sizes());
   TORCH_CHECK(mean.dim() == 1 && mean.size(0) == w2.size(1), "fold_bias: mean must be [", w2.size(1), "], got ",
               mean.sizes());
-  TORCH_CHECK(pruned.dim() == 1 && pruned.scalar_type() == at::kLong, "fold_bias: pruned must be 1-D int64, got ",
-              pruned.scalar_type(), " of shape ", pruned.sizes());
   TORCH_CHECK(w2.is_floating_point() && mean.is_floating_point(), "fold_bias: w2 and mean must be floating point");
   TORCH_CHECK(b2.scalar_type() == w2.scalar_type(), "fold_bias: b2 (", b2.scalar_type(), ") and w2 (",
               w2.scalar_type(), ") must have one dtype");
-  TORCH_CHECK(b2.device() == w2.device() && mean.device() == w2.device() && pruned.device() == w2.device(),
-              "fold_bias: all inputs must be on one device");
-  if (pruned.numel() > 0 && !w2.is_meta()) {
-    TORCH_CHECK(pruned.min().item<int64_t>() >= 0 && pruned.max().item<int64_t>() < w2.size(1),
-                "fold_bias: pruned indices must lie in [0, ", w2.size(1), ")");
-    TORCH_CHECK(std::get<0>(at::_unique(pruned)).numel() == pruned.numel(), "fold_bias: pruned indices must be unique");
-  }
+  TORCH_CHECK(b2.device() == w2.device() && mean.device() == w2.device(), "fold_bias: all inputs must be on one device");
+  check_neuron_index(pruned, w2.size(1), w2.device(), "fold_bias", "pruned");
 }
 
 namespace {

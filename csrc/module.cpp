@@ -15,6 +15,8 @@ bool built_with_cuda() {
 
 TORCH_LIBRARY(vbp, m) {
   m.def("fold_bias(Tensor w2, Tensor b2, Tensor mean, Tensor pruned) -> Tensor");
+  m.def("slice_mlp(Tensor w1, Tensor b1, Tensor w2, Tensor keep) -> (Tensor, Tensor, Tensor)");
+  m.def("compact_mlp(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, str approximate=\"none\") -> Tensor");
   m.def("built_with_cuda() -> bool", &built_with_cuda);
 }
 

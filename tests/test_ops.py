@@ -92,3 +92,92 @@ def test_fold_bias_cuda_matches_cpu(dtype):
     cpu = torch.ops.vbp.fold_bias(*args)
     gpu = torch.ops.vbp.fold_bias(*(a.cuda() for a in args))
     torch.testing.assert_close(gpu.cpu().double(), cpu.double(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("impl", [
+    pytest.param(lambda *a: torch.ops.vbp.slice_mlp(*a), marks=requires_extension, id="extension"),
+    pytest.param(ops.slice_mlp_reference, id="reference"),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("hidden,n_in,n_out,n_keep", [(1, 1, 1, 1), (13, 7, 5, 6), (3072, 768, 768, 1382), (9, 4, 3, 0)])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_slice_mlp_gathers_exactly(impl, dtype, hidden, n_in, n_out, n_keep, transposed):
+    g = torch.Generator().manual_seed(hidden)
+    w1 = torch.randn(n_in, hidden, generator=g).to(dtype).t() if transposed else torch.randn(hidden, n_in, generator=g).to(dtype)
+    b1, w2 = torch.randn(hidden, generator=g).to(dtype), torch.randn(n_out, hidden, generator=g).to(dtype)
+    keep = torch.randperm(hidden, generator=g)[:n_keep].sort().values
+    w1k, b1k, w2k = impl(w1, b1, w2, keep)
+    rows = keep.tolist()
+    assert torch.equal(w1k, torch.stack([w1[r] for r in rows]) if rows else w1[:0])
+    assert torch.equal(b1k, b1[keep]) and torch.equal(w2k, w2[:, keep])
+    assert w1k.shape == (n_keep, n_in) and w2k.shape == (n_out, n_keep)
+
+
+@requires_extension
+@pytest.mark.parametrize("bad,message", [
+    (lambda w1, b1, w2, k: (w1, b1, w2, torch.tensor([2, 2])), "unique"),
+    (lambda w1, b1, w2, k: (w1, b1, w2, torch.tensor([-1])), r"in \[0, 6\)"),
+    (lambda w1, b1, w2, k: (w1, b1, w2[:, :5], k), "hidden neurons"),
+    (lambda w1, b1, w2, k: (w1, b1.double(), w2, k), "one dtype"),
+    (lambda w1, b1, w2, k: (w1[None], b1, w2, k), "2-D"),
+])
+def test_slice_mlp_rejects_bad_input(bad, message):
+    args = bad(torch.randn(6, 4), torch.randn(6), torch.randn(3, 6), torch.tensor([0, 5]))
+    with pytest.raises(RuntimeError, match=message):
+        torch.ops.vbp.slice_mlp(*args)
+
+
+def float64_mlp(x, w1, b1, w2, b2, approximate="none"):
+    h = torch.nn.functional.gelu(x.double() @ w1.double().t() + b1.double(), approximate=approximate)
+    return h @ w2.double().t() + b2.double()
+
+
+@pytest.mark.parametrize("impl", [
+    pytest.param(lambda *a: torch.ops.vbp.compact_mlp(*a), marks=requires_extension, id="extension"),
+    pytest.param(ops.compact_mlp_reference, id="reference"),
+])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
+@pytest.mark.parametrize("tokens", [(1,), (197,), (2, 197)])
+@pytest.mark.parametrize("n_in,hidden,n_out", [(768, 1382, 768), (384, 768, 384), (7, 13, 5)])
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_compact_mlp_matches_float64(impl, dtype, tol, tokens, n_in, hidden, n_out, approximate):
+    g = torch.Generator().manual_seed(n_in + hidden)
+    x = torch.randn(*tokens, n_in, generator=g).to(dtype)
+    w1, b1 = (torch.randn(hidden, n_in, generator=g) / n_in ** 0.5).to(dtype), torch.randn(hidden, generator=g).to(dtype)
+    w2, b2 = (torch.randn(n_out, hidden, generator=g) / hidden ** 0.5).to(dtype), torch.randn(n_out, generator=g).to(dtype)
+    got = impl(x, w1, b1, w2, b2, approximate)
+    want = float64_mlp(x, w1, b1, w2, b2, approximate)
+    assert got.shape == (*tokens, n_out) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+@requires_extension
+def test_compact_mlp_takes_non_contiguous_input_and_rejects_bad_input():
+    x = torch.randn(8, 5, 6).transpose(0, 1)  # [5, 8, 6], not contiguous
+    w1, b1, w2, b2 = torch.randn(9, 6), torch.randn(9), torch.randn(4, 9), torch.randn(4)
+    torch.testing.assert_close(torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2).double(), float64_mlp(x, w1, b1, w2, b2),
+                               rtol=1e-5, atol=1e-5)
+    for args, message in [((x, w1[:, :5], b1, w2, b2), "does not take"), ((x, w1, b1, w2[:, :8], b2), "hidden"),
+                          ((x, w1.double(), b1, w2, b2), "dtype"), ((x, w1, b1[:3], w2, b2), "b1 must be")]:
+        with pytest.raises(RuntimeError, match=message):
+            torch.ops.vbp.compact_mlp(*args)
+    with pytest.raises(RuntimeError, match="approximate"):
+        torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2, "sigmoid")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not ops.extension_has_cuda(), reason="needs a GPU and CUDA build")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_slice_and_compact_mlp_cuda_match_cpu(dtype):
+    g = torch.Generator().manual_seed(5)
+    w1, b1 = torch.randn(3072, 768, generator=g).to(dtype), torch.randn(3072, generator=g).to(dtype)
+    w2, b2 = torch.randn(768, 3072, generator=g).to(dtype), torch.randn(768, generator=g).to(dtype)
+    keep = torch.randperm(3072, generator=g)[:1382].sort().values
+    cpu = torch.ops.vbp.slice_mlp(w1, b1, w2, keep)
+    gpu = torch.ops.vbp.slice_mlp(w1.cuda(), b1.cuda(), w2.cuda(), keep.cuda())
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a, b.cpu())
+    x = torch.randn(256, 197, 768, generator=g).to(dtype)
+    got = torch.ops.vbp.compact_mlp(x.cuda(), *(t.cuda() for t in (cpu[0], cpu[1], cpu[2], b2)))
+    want = float64_mlp(x, cpu[0], cpu[1], cpu[2], b2)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
+    torch.testing.assert_close(got.cpu().double(), want, rtol=tol, atol=tol * want.abs().max().item())

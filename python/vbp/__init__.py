@@ -5,6 +5,7 @@
 
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
+from .compact import CompactMlp, compact
 from .digits import digits_split  # also registers the timm model 'vbp_digits_vit'
 from .count import count
 from .errors import VbpError
@@ -16,6 +17,6 @@ from .sites import MlpSite, find_sites
 from .stats import Moments, Stats
 
 __all__ = [
-    "MlpSite", "Moments", "Plan", "Stats", "VbpError", "calibrate", "count", "create_model", "find_sites",
-    "digits_split", "load_pruned", "prune", "save_pruned", "select",
+    "CompactMlp", "MlpSite", "Moments", "Plan", "Stats", "VbpError", "calibrate", "compact", "count", "create_model",
+    "digits_split", "find_sites", "load_pruned", "prune", "save_pruned", "select",
 ]

@@ -5,7 +5,7 @@ from torch import nn
 
 from .errors import VbpError
 from .models import model_name
-from .ops import fold_bias
+from .ops import fold_bias, slice_mlp
 from .plan import Plan
 from .sites import find_sites
 from .stats import Stats
@@ -15,8 +15,8 @@ from .stats import Stats
 def prune(model: nn.Module, plan: Plan, stats: Stats | None = None, compensate: bool = True) -> nn.Module:
     """Prune `model` in place and return it (deep-copy first to keep the original).
 
-    Each site keeps the neurons `plan` lists: fc1 becomes W1[K, :], b1[K] and fc2 becomes W2[:, K], real
-    smaller layers of the same kind. With `compensate`, each pruned neuron is replaced by its mean
+    Each site keeps the neurons `plan` lists: fc1 becomes W1[K, :], b1[K] and fc2 becomes W2[:, K] (gathered
+    by `ops.slice_mlp`), real smaller layers of the same kind. With `compensate`, each pruned neuron is replaced by its mean
     activation from `stats`, folded into fc2's bias in float64: b2 += W2[:, P] @ mean[P]. The pruned
     model then computes exactly what the original computes with those activations held at their means.
     """
@@ -36,13 +36,16 @@ def prune(model: nn.Module, plan: Plan, stats: Stats | None = None, compensate: 
         w1, b1 = site.fc1.weight, site.fc1.bias
         w2, b2 = site.fc2.weight, site.fc2.bias
         if compensate and pruned.numel():
-            w2_2d = w2.reshape(w2.shape[0], w2.shape[1])  # a 1x1 conv's weight is [out, in, 1, 1]
-            b2 = fold_bias(w2_2d, b2 if b2 is not None else w2.new_zeros(w2.shape[0]), stats.mean(site.name), pruned)
+            # flatten(1): a 1x1 conv's weight is [out, in, 1, 1]
+            b2 = b2 if b2 is not None else w2.new_zeros(w2.shape[0])
+            b2 = fold_bias(w2.flatten(1), b2, stats.mean(site.name), pruned)
+        w1_kept, b1_kept, w2_kept = slice_mlp(w1.flatten(1), b1 if b1 is not None else w1.new_zeros(w1.shape[0]),
+                                              w2.flatten(1), keep)
         site.set_width(keep.numel(), fc2_bias=b2 is not None)
-        site.fc1.weight.copy_(w1.index_select(0, keep))
+        site.fc1.weight.copy_(w1_kept.view_as(site.fc1.weight))
         if b1 is not None:
-            site.fc1.bias.copy_(b1.index_select(0, keep))
-        site.fc2.weight.copy_(w2.index_select(1, keep))
+            site.fc1.bias.copy_(b1_kept)
+        site.fc2.weight.copy_(w2_kept.view_as(site.fc2.weight))
         if b2 is not None:
             site.fc2.bias.copy_(b2)
     return model

@@ -11,13 +11,12 @@ NaN/Inf. It is attached to the model by one of two backends:
 import os
 from dataclasses import dataclass
 
-import timm.layers.activations as timm_act
 import torch
 from torch import nn
 
 from .errors import VbpError
 from .reservoir import Reservoir
-from .sites import MlpSite, hidden_channels_last
+from .sites import MlpSite, gelu_kind, hidden_channels_last
 from .stats import Moments
 
 BACKENDS = ("auto", "triton", "torch")
@@ -113,13 +112,6 @@ def _triton_hook(recorder: SiteRecorder):
     return hook
 
 
-def _gelu_kind(act: nn.Module) -> str | None:
-    """The fused kernel's name for a GELU module (torch's or timm's), None for any other activation."""
-    if type(act) is nn.GELU:
-        return "gelu" if act.approximate == "none" else "gelu_tanh"
-    return {timm_act.GELU: "gelu", timm_act.GELUTanh: "gelu_tanh"}.get(type(act))
-
-
 def resolve_backend(backend: str, device: torch.device) -> str:
     """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU needs TRITON_INTERPRET=1."""
     if backend not in BACKENDS:
@@ -135,7 +127,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 def attach(recorder: SiteRecorder, backend: str):
     """Connect a recorder to its site with a resolved backend; returns a handle with .remove()."""
     act = recorder.site.act
-    if backend == "triton" and _gelu_kind(act) is not None:
-        recorder.site.block.act = _FusedActivation(recorder, _gelu_kind(act))
+    if backend == "triton" and gelu_kind(act) is not None:
+        recorder.site.block.act = _FusedActivation(recorder, gelu_kind(act))
         return _Swap(recorder.site.block, act)
     return act.register_forward_hook(_triton_hook(recorder) if backend == "triton" else _torch_hook(recorder))

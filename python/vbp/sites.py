@@ -6,6 +6,7 @@ A site is one such block. Supported: timm `Mlp` (ViT, DeiT, Swin, ConvNeXt with 
 
 from dataclasses import dataclass
 
+import timm.layers.activations as timm_act
 import torch
 from torch import nn
 from timm.layers import ConvMlp, Mlp
@@ -118,3 +119,10 @@ def hidden_channels_last(h: torch.Tensor, channel_dim: int) -> torch.Tensor:
     if channel_dim != -1:
         h = h.movedim(channel_dim, -1)
     return h.reshape(-1, h.shape[-1])
+
+
+def gelu_kind(act: nn.Module) -> str | None:
+    """The kernel name of a GELU module (torch's or timm's): "gelu" or "gelu_tanh"; None for other activations."""
+    if type(act) is nn.GELU:
+        return "gelu" if act.approximate == "none" else "gelu_tanh"
+    return {timm_act.GELU: "gelu", timm_act.GELUTanh: "gelu_tanh"}.get(type(act))
