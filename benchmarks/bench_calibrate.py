@@ -1,6 +1,6 @@
 """Calibration cost beside plain inference (CPU, PyTorch statistics backend): DeiT-S, batch 16 at 224.
 
-    .venv/bin/python -m pytest benchmarks/bench_calibrate.py --benchmark-only
+.venv/bin/python -m pytest benchmarks/bench_calibrate.py --benchmark-only
 """
 
 import pytest

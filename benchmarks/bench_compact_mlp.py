@@ -33,9 +33,13 @@ def test_mlp_forward(benchmark, impl, dtype, tokens, dim, hidden):
     if impl == "compact_mlp" and not vbp.ops.has_extension():
         pytest.skip("vbp._C not built")
     g = torch.Generator().manual_seed(0)
-    args = [torch.randn(tokens, dim, generator=g), torch.randn(hidden, dim, generator=g) / dim ** 0.5,
-            torch.randn(hidden, generator=g), torch.randn(dim, hidden, generator=g) / hidden ** 0.5,
-            torch.randn(dim, generator=g)]
+    args = [
+        torch.randn(tokens, dim, generator=g),
+        torch.randn(hidden, dim, generator=g) / dim**0.5,
+        torch.randn(hidden, generator=g),
+        torch.randn(dim, hidden, generator=g) / hidden**0.5,
+        torch.randn(dim, generator=g),
+    ]
     args = [a.to(DEVICE, dtype) for a in args]
     fn = {"compact_mlp": lambda *a: torch.ops.vbp.compact_mlp(*a, "none"), "eager": eager, "compile": _compiled}[impl]
     benchmark.group = f"{dim}->{hidden}->{dim} {str(dtype)[6:]} {tokens} tokens"

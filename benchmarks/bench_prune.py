@@ -20,17 +20,26 @@ def deit_base():
     torch.manual_seed(0)
     model = timm.create_model("deit_base_patch16_224").eval()
     g = torch.Generator().manual_seed(0)
-    stats = Stats("deit_base_patch16_224", {
-        s.name: Moments(1, torch.randn(s.width, generator=g, dtype=torch.float64),
-                        torch.rand(s.width, generator=g, dtype=torch.float64)) for s in vbp.find_sites(model)
-    })
+    stats = Stats(
+        "deit_base_patch16_224",
+        {
+            s.name: Moments(
+                1,
+                torch.randn(s.width, generator=g, dtype=torch.float64),
+                torch.rand(s.width, generator=g, dtype=torch.float64),
+            )
+            for s in vbp.find_sites(model)
+        },
+    )
     return model, stats, vbp.select(stats, 0.5)
 
 
 def site_tensors(model, stats, plan):
     """Per site: (w1, b1, w2, b2, mean, kept, pruned), index tensors made once, outside the timing."""
-    return [(s.fc1.weight, s.fc1.bias, s.fc2.weight, s.fc2.bias, stats.mean(s.name), plan.kept(s.name),
-             plan.pruned(s.name)) for s in vbp.find_sites(model)]
+    return [
+        (s.fc1.weight, s.fc1.bias, s.fc2.weight, s.fc2.bias, stats.mean(s.name), plan.kept(s.name), plan.pruned(s.name))
+        for s in vbp.find_sites(model)
+    ]
 
 
 @pytest.mark.parametrize("impl", ["extension", "eager"])

@@ -40,12 +40,19 @@ def test_stats_kernel_against_copy_and_eager(benchmark):
     t_eager, t_compiled = do_bench(eager), do_bench(compiled)
     nbytes = x.numel() * x.element_size()
     info = {
-        "copy_GBps": _gbps(2 * nbytes, t_copy), "kernel_GBps": _gbps(nbytes, t_kernel),
+        "copy_GBps": _gbps(2 * nbytes, t_copy),
+        "kernel_GBps": _gbps(nbytes, t_kernel),
         "kernel_vs_copy": (_gbps(nbytes, t_kernel)) / _gbps(2 * nbytes, t_copy),
         "kernel_with_output_GBps": _gbps(2 * nbytes, t_fused_out),
-        "speedup_vs_eager": t_eager / t_kernel, "speedup_vs_compile": t_compiled / t_kernel,
-        "ms": {"copy": t_copy, "kernel": t_kernel, "kernel_with_output": t_fused_out, "eager": t_eager,
-               "compiled": t_compiled},
+        "speedup_vs_eager": t_eager / t_kernel,
+        "speedup_vs_compile": t_compiled / t_kernel,
+        "ms": {
+            "copy": t_copy,
+            "kernel": t_kernel,
+            "kernel_with_output": t_fused_out,
+            "eager": t_eager,
+            "compiled": t_compiled,
+        },
     }
     benchmark.extra_info.update(info)
     print(info)

@@ -24,7 +24,7 @@ def random_shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
     """Shift each image by up to one pixel in each direction (zero padding at the value -1)."""
     padded = F.pad(images, (1, 1, 1, 1), value=-1.0)
     dy, dx = torch.randint(0, 3, (2,), generator=generator).tolist()
-    return padded[..., dy:dy + 8, dx:dx + 8]
+    return padded[..., dy : dy + 8, dx : dx + 8]
 
 
 def main() -> None:
@@ -39,7 +39,9 @@ def main() -> None:
     model = timm.create_model(MODEL_NAME)
     train = DataLoader(vbp.digits_split("train"), batch_size=64, shuffle=True, generator=g)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * len(train), pct_start=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, args.lr, total_steps=args.epochs * len(train), pct_start=0.1
+    )
     for epoch in range(args.epochs):
         model.train()
         for images, labels in train:

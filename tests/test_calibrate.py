@@ -12,8 +12,10 @@ def reference_stats(model, batches):
     seen = {s.name: [] for s in vbp.find_sites(model)}
     hooks = []
     for s in vbp.find_sites(model):
+
         def keep(module, inputs, out, name=s.name, dim=s.channel_dim):
             seen[name].append(out.detach().movedim(dim, -1).reshape(-1, out.shape[dim]).double())
+
         hooks.append(s.act.register_forward_hook(keep))
     with torch.no_grad():
         for b in batches:
@@ -28,11 +30,14 @@ def reference_stats(model, batches):
     return out
 
 
-@pytest.mark.parametrize("name,kwargs,samples_per_image", [
-    ("deit_tiny_patch16_224", dict(img_size=32), 5),
-    ("convnext_atto", dict(), 4),  # last stage at 64x64 input: 2x2 positions
-    ("convnext_atto", dict(conv_mlp=True), 4),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,samples_per_image",
+    [
+        ("deit_tiny_patch16_224", dict(img_size=32), 5),
+        ("convnext_atto", dict(), 4),  # last stage at 64x64 input: 2x2 positions
+        ("convnext_atto", dict(conv_mlp=True), 4),
+    ],
+)
 def test_calibrate_matches_reference(name, kwargs, samples_per_image):
     model = small_model(name, **kwargs)
     batches = random_batches(3, 2, (3, 32, 32) if "deit" in name else (3, 64, 64))
@@ -72,11 +77,14 @@ def test_empty_data_and_bad_limits(deit_tiny_small):
         vbp.calibrate(deit_tiny_small, random_batches(1, 1, (3, 32, 32)), num_batches=0, progress=False)
 
 
-@pytest.mark.parametrize("name,kwargs,input_size", [
-    ("deit_tiny_patch16_224", dict(img_size=32), (3, 32, 32)),
-    ("convnext_atto", dict(conv_mlp=True), (3, 64, 64)),  # NCHW hidden tensors through the fused kernel
-    ("convnext_atto", dict(), (3, 64, 64)),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,input_size",
+    [
+        ("deit_tiny_patch16_224", dict(img_size=32), (3, 32, 32)),
+        ("convnext_atto", dict(conv_mlp=True), (3, 64, 64)),  # NCHW hidden tensors through the fused kernel
+        ("convnext_atto", dict(), (3, 64, 64)),
+    ],
+)
 def test_triton_and_torch_backends_agree(name, kwargs, input_size):
     model = small_model(name, **kwargs)
     batches = random_batches(2, 2, input_size)

@@ -11,10 +11,13 @@ from vbp.files import atomic_path
 from conftest import random_batches, small_model
 
 
-@pytest.mark.parametrize("name,kwargs,input_size", [
-    ("deit_tiny_patch16_224", dict(img_size=32, num_classes=7), (3, 32, 32)),
-    ("convnext_atto", dict(conv_mlp=True), (3, 64, 64)),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,input_size",
+    [
+        ("deit_tiny_patch16_224", dict(img_size=32, num_classes=7), (3, 32, 32)),
+        ("convnext_atto", dict(conv_mlp=True), (3, 64, 64)),
+    ],
+)
 def test_round_trip_gives_identical_outputs(tmp_path, name, kwargs, input_size):
     model = small_model(name, **kwargs)
     stats = vbp.calibrate(model, random_batches(1, 2, input_size), progress=False)

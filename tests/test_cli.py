@@ -11,8 +11,28 @@ from vbp.cli import main
 
 def test_prune_deit_base_synthetic_gives_paper_numbers(tmp_path):
     summary = tmp_path / "out.json"
-    assert main(["prune", "--model", "deit_base_patch16_224", "--data", "synthetic", "--num-batches", "2",
-                 "--batch-size", "4", "--ratio", "0.5", "--summary", str(summary), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                "deit_base_patch16_224",
+                "--data",
+                "synthetic",
+                "--num-batches",
+                "2",
+                "--batch-size",
+                "4",
+                "--ratio",
+                "0.5",
+                "--summary",
+                str(summary),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     s = json.loads(summary.read_text())
     assert s["model"] == "deit_base_patch16_224" and s["ratio"] == 0.5
     # Paper Table 10, within 0.01 (the paper's own rounding of fvcore counts).
@@ -24,8 +44,24 @@ def test_prune_deit_base_synthetic_gives_paper_numbers(tmp_path):
 def test_calibrate_prune_eval_chain_on_digits(tmp_path, capsys):
     stats, out = tmp_path / "stats.safetensors", tmp_path / "pruned"
     assert main(["calibrate", "--stats", str(stats), "--batch-size", "256"]) == 0
-    assert main(["prune", "--stats", str(stats), "--ratio", "0.3", "--scope", "layer", "--round-to", "8",
-                 "--output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--stats",
+                str(stats),
+                "--ratio",
+                "0.3",
+                "--scope",
+                "layer",
+                "--round-to",
+                "8",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     widths = vbp.sites.site_widths(vbp.load_pruned(out / "model.safetensors"))
     assert all(w % 8 == 0 for w in widths.values())
     assert vbp.Plan.load(out / "plan.json").kept_widths == widths
@@ -35,14 +71,23 @@ def test_calibrate_prune_eval_chain_on_digits(tmp_path, capsys):
     assert result["top1"] > 90
 
 
-@pytest.mark.parametrize("args,message", [
-    (["prune", "--ratio", "1.0"], "ratio must be in [0, 1)"),
-    (["prune", "--ratio", "0.5", "--model", "deit_nonexistent"], "unknown model 'deit_nonexistent'"),
-    (["prune", "--ratio", "0.5", "--checkpoint", "/nonexistent/w.pth"], "checkpoint /nonexistent/w.pth does not exist"),
-    (["prune", "--ratio", "0.5", "--stats", "/nonexistent/s.safetensors"], "run `vbp calibrate"),
-    (["prune", "--ratio", "0.5", "--data", "/nonexistent/images"], "data folder /nonexistent/images does not exist"),
-    (["eval", "--data", "synthetic"], "no labels"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["prune", "--ratio", "1.0"], "ratio must be in [0, 1)"),
+        (["prune", "--ratio", "0.5", "--model", "deit_nonexistent"], "unknown model 'deit_nonexistent'"),
+        (
+            ["prune", "--ratio", "0.5", "--checkpoint", "/nonexistent/w.pth"],
+            "checkpoint /nonexistent/w.pth does not exist",
+        ),
+        (["prune", "--ratio", "0.5", "--stats", "/nonexistent/s.safetensors"], "run `vbp calibrate"),
+        (
+            ["prune", "--ratio", "0.5", "--data", "/nonexistent/images"],
+            "data folder /nonexistent/images does not exist",
+        ),
+        (["eval", "--data", "synthetic"], "no labels"),
+    ],
+)
 def test_bad_input_is_a_clear_error(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
@@ -62,8 +107,22 @@ def test_corrupt_checkpoint_and_unwritable_output(tmp_path, capsys):
 def test_stats_of_another_model_are_refused(tmp_path, capsys):
     stats = tmp_path / "stats.safetensors"
     assert main(["calibrate", "--stats", str(stats), "--batch-size", "512", "--num-batches", "1"]) == 0
-    assert main(["prune", "--model", "deit_tiny_patch16_224", "--data", "synthetic", "--ratio", "0.5",
-                 "--stats", str(stats)]) == 2
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                "deit_tiny_patch16_224",
+                "--data",
+                "synthetic",
+                "--ratio",
+                "0.5",
+                "--stats",
+                str(stats),
+            ]
+        )
+        == 2
+    )
     assert "gathered on 'vbp_digits_vit'" in capsys.readouterr().err
 
 
@@ -80,8 +139,24 @@ def test_calibrate_under_torchrun_equals_one_process(tmp_path):
     import sys
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-           "-m", "vbp", "calibrate", "--batch-size", "100", "--backend", "torch", "--stats", str(tmp_path / "two.safetensors")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29541",
+        "-m",
+        "vbp",
+        "calibrate",
+        "--batch-size",
+        "100",
+        "--backend",
+        "torch",
+        "--stats",
+        str(tmp_path / "two.safetensors"),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["calibrate", "--batch-size", "100", "--stats", str(tmp_path / "one.safetensors")]) == 0
@@ -91,3 +166,64 @@ def test_calibrate_under_torchrun_equals_one_process(tmp_path):
     for site in one.sites:
         torch.testing.assert_close(two.variance(site), one.variance(site), rtol=1e-6, atol=1e-9)
     assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_image_folder_and_checkpoint_loading_on_local_files(tmp_path, capsys):
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(3):
+            pixels = (torch.rand(40, 50, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{i}.png")
+    for name, classes in (("w.safetensors", 1000), ("w2.safetensors", 2)):
+        weights = vbp.create_model("deit_tiny_patch16_224", num_classes=classes).state_dict()
+        save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / name)
+    common = ["--model", "deit_tiny_patch16_224", "--data", str(tmp_path / "images"), "--batch-size", "4"]
+    assert (
+        main(
+            [
+                "calibrate",
+                *common,
+                "--checkpoint",
+                str(tmp_path / "w.safetensors"),
+                "--stats",
+                str(tmp_path / "s.safetensors"),
+            ]
+        )
+        == 0
+    )
+    stats = vbp.Stats.load(tmp_path / "s.safetensors")
+    assert stats.images == 6 and stats.sites["blocks.0.mlp"].count == 6 * 197  # resized to 224: 196 patches + cls
+    assert (
+        main(
+            [
+                "calibrate",
+                *common,
+                "--checkpoint",
+                str(tmp_path / "w2.safetensors"),
+                "--stats",
+                str(tmp_path / "s2.safetensors"),
+            ]
+        )
+        == 2
+    )  # a 2-class checkpoint into a 1000-class model
+    assert "cannot load checkpoint" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                "deit_tiny_patch16_224",
+                "--data",
+                str(tmp_path / "empty"),
+                "--stats",
+                str(tmp_path / "s3.safetensors"),
+            ]
+        )
+        == 2
+    )
+    assert "no images found" in capsys.readouterr().err

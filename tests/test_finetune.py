@@ -22,7 +22,9 @@ def digits_pruned():
     """The embedded digits ViT and a copy pruned hard (70%, random criterion) so there is something to recover."""
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
     stats = vbp.calibrate(model, loader(vbp.digits_split("train"), 512), progress=False)
-    pruned = vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.7, criterion="random", seed=1), stats, compensate=False)
+    pruned = vbp.prune(
+        copy.deepcopy(model), vbp.select(stats, 0.7, criterion="random", seed=1), stats, compensate=False
+    )
     return model, pruned
 
 
@@ -54,11 +56,14 @@ def test_resume_reaches_the_same_weights(digits_pruned, tmp_path, monkeypatch):
 
     monkeypatch.setattr(finetune_module, "_write_epoch", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        finetune(copy.deepcopy(digits_pruned[1]), train, val, config, teacher=teacher, output=tmp_path / "b", progress=False)
+        finetune(
+            copy.deepcopy(digits_pruned[1]), train, val, config, teacher=teacher, output=tmp_path / "b", progress=False
+        )
     monkeypatch.setattr(finetune_module, "_write_epoch", write_epoch)
     resumed = copy.deepcopy(digits_pruned[1])
-    resumed_history = finetune(resumed, train, val, config, teacher=teacher, output=tmp_path / "b", resume=True,
-                               progress=False)
+    resumed_history = finetune(
+        resumed, train, val, config, teacher=teacher, output=tmp_path / "b", resume=True, progress=False
+    )
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert [h["train_loss"] for h in resumed_history] == [h["train_loss"] for h in history]
@@ -68,20 +73,53 @@ def test_resume_reaches_the_same_weights(digits_pruned, tmp_path, monkeypatch):
 def test_teacher_with_other_classes_and_foreign_checkpoint_are_refused(digits_pruned, tmp_path):
     teacher = vbp.create_model("vbp_digits_vit", num_classes=7)
     with pytest.raises(vbp.VbpError, match="teacher's outputs"):
-        finetune(copy.deepcopy(digits_pruned[1]), vbp.digits_split("train"), None, FinetuneConfig(epochs=1), teacher=teacher)
-    finetune(copy.deepcopy(digits_pruned[1]), Subset(vbp.digits_split("train"), range(64)), None,
-             FinetuneConfig(epochs=1, batch_size=32), output=tmp_path, progress=False)
+        finetune(
+            copy.deepcopy(digits_pruned[1]), vbp.digits_split("train"), None, FinetuneConfig(epochs=1), teacher=teacher
+        )
+    finetune(
+        copy.deepcopy(digits_pruned[1]),
+        Subset(vbp.digits_split("train"), range(64)),
+        None,
+        FinetuneConfig(epochs=1, batch_size=32),
+        output=tmp_path,
+        progress=False,
+    )
     with pytest.raises(vbp.VbpError, match="checkpoint of another model"):
-        finetune(copy.deepcopy(digits_pruned[0]), vbp.digits_split("train"), None, FinetuneConfig(epochs=2), output=tmp_path,
-                 resume=True)
+        finetune(
+            copy.deepcopy(digits_pruned[0]),
+            vbp.digits_split("train"),
+            None,
+            FinetuneConfig(epochs=2),
+            output=tmp_path,
+            resume=True,
+        )
 
 
 def test_finetune_command_under_torchrun_with_two_gloo_processes(digits_pruned, tmp_path):
     vbp.save_pruned(digits_pruned[1], tmp_path / "pruned.safetensors")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "vbp", "finetune", "--pruned", str(tmp_path / "pruned.safetensors"), "--epochs", "2",
-           "--batch-size", "64", "--output", str(tmp_path / "ft"), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "vbp",
+        "finetune",
+        "--pruned",
+        str(tmp_path / "pruned.safetensors"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--output",
+        str(tmp_path / "ft"),
+        "--device",
+        "cpu",
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads((tmp_path / "ft" / "log.json").read_text())

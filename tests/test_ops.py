@@ -22,7 +22,11 @@ def float64_fold(w2, b2, mean, pruned):
 
 def inputs(out, hidden, n_pruned, dtype, seed=0, transposed=False):
     g = torch.Generator().manual_seed(seed)
-    w2 = torch.randn(hidden, out, generator=g).to(dtype).t() if transposed else torch.randn(out, hidden, generator=g).to(dtype)
+    w2 = (
+        torch.randn(hidden, out, generator=g).to(dtype).t()
+        if transposed
+        else torch.randn(out, hidden, generator=g).to(dtype)
+    )
     b2 = torch.randn(out, generator=g).to(dtype)
     mean = torch.randn(hidden, generator=g, dtype=torch.float64)
     pruned = torch.randperm(hidden, generator=g)[:n_pruned]
@@ -38,10 +42,13 @@ CASES = [(1, 1, 1), (7, 13, 5), (192, 768, 384), (33, 1382, 0), (5, 9, 9)]
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.mark.parametrize("fold", [
-    pytest.param(lambda *a: torch.ops.vbp.fold_bias(*a), marks=requires_extension, id="extension"),
-    pytest.param(ops.fold_bias_reference, id="reference"),
-])
+@pytest.mark.parametrize(
+    "fold",
+    [
+        pytest.param(lambda *a: torch.ops.vbp.fold_bias(*a), marks=requires_extension, id="extension"),
+        pytest.param(ops.fold_bias_reference, id="reference"),
+    ],
+)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("out,hidden,n_pruned", CASES)
 @pytest.mark.parametrize("transposed", [False, True])
@@ -64,14 +71,17 @@ def test_fold_bias_is_bit_identical_across_runs():
 
 
 @requires_extension
-@pytest.mark.parametrize("bad,message", [
-    (lambda w2, b2, m, p: (w2, b2, m, torch.tensor([1, 1])), "unique"),
-    (lambda w2, b2, m, p: (w2, b2, m, torch.tensor([0, 9])), r"in \[0, 9\)"),
-    (lambda w2, b2, m, p: (w2, b2[:-1], m, p), "b2 must be"),
-    (lambda w2, b2, m, p: (w2.unsqueeze(0), b2, m, p), "2-D"),
-    (lambda w2, b2, m, p: (w2, b2.double(), m, p), "one dtype"),
-    (lambda w2, b2, m, p: (w2, b2, m, p.int()), "int64"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (lambda w2, b2, m, p: (w2, b2, m, torch.tensor([1, 1])), "unique"),
+        (lambda w2, b2, m, p: (w2, b2, m, torch.tensor([0, 9])), r"in \[0, 9\)"),
+        (lambda w2, b2, m, p: (w2, b2[:-1], m, p), "b2 must be"),
+        (lambda w2, b2, m, p: (w2.unsqueeze(0), b2, m, p), "2-D"),
+        (lambda w2, b2, m, p: (w2, b2.double(), m, p), "one dtype"),
+        (lambda w2, b2, m, p: (w2, b2, m, p.int()), "int64"),
+    ],
+)
 def test_fold_bias_rejects_bad_input(bad, message):
     args = bad(*inputs(4, 9, 3, torch.float32))
     with pytest.raises(RuntimeError, match=message):
@@ -94,16 +104,25 @@ def test_fold_bias_cuda_matches_cpu(dtype):
     torch.testing.assert_close(gpu.cpu().double(), cpu.double(), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("impl", [
-    pytest.param(lambda *a: torch.ops.vbp.slice_mlp(*a), marks=requires_extension, id="extension"),
-    pytest.param(ops.slice_mlp_reference, id="reference"),
-])
+@pytest.mark.parametrize(
+    "impl",
+    [
+        pytest.param(lambda *a: torch.ops.vbp.slice_mlp(*a), marks=requires_extension, id="extension"),
+        pytest.param(ops.slice_mlp_reference, id="reference"),
+    ],
+)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hidden,n_in,n_out,n_keep", [(1, 1, 1, 1), (13, 7, 5, 6), (3072, 768, 768, 1382), (9, 4, 3, 0)])
+@pytest.mark.parametrize(
+    "hidden,n_in,n_out,n_keep", [(1, 1, 1, 1), (13, 7, 5, 6), (3072, 768, 768, 1382), (9, 4, 3, 0)]
+)
 @pytest.mark.parametrize("transposed", [False, True])
 def test_slice_mlp_gathers_exactly(impl, dtype, hidden, n_in, n_out, n_keep, transposed):
     g = torch.Generator().manual_seed(hidden)
-    w1 = torch.randn(n_in, hidden, generator=g).to(dtype).t() if transposed else torch.randn(hidden, n_in, generator=g).to(dtype)
+    w1 = (
+        torch.randn(n_in, hidden, generator=g).to(dtype).t()
+        if transposed
+        else torch.randn(hidden, n_in, generator=g).to(dtype)
+    )
     b1, w2 = torch.randn(hidden, generator=g).to(dtype), torch.randn(n_out, hidden, generator=g).to(dtype)
     keep = torch.randperm(hidden, generator=g)[:n_keep].sort().values
     w1k, b1k, w2k = impl(w1, b1, w2, keep)
@@ -114,13 +133,16 @@ def test_slice_mlp_gathers_exactly(impl, dtype, hidden, n_in, n_out, n_keep, tra
 
 
 @requires_extension
-@pytest.mark.parametrize("bad,message", [
-    (lambda w1, b1, w2, k: (w1, b1, w2, torch.tensor([2, 2])), "unique"),
-    (lambda w1, b1, w2, k: (w1, b1, w2, torch.tensor([-1])), r"in \[0, 6\)"),
-    (lambda w1, b1, w2, k: (w1, b1, w2[:, :5], k), "hidden neurons"),
-    (lambda w1, b1, w2, k: (w1, b1.double(), w2, k), "one dtype"),
-    (lambda w1, b1, w2, k: (w1[None], b1, w2, k), "2-D"),
-])
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        (lambda w1, b1, w2, k: (w1, b1, w2, torch.tensor([2, 2])), "unique"),
+        (lambda w1, b1, w2, k: (w1, b1, w2, torch.tensor([-1])), r"in \[0, 6\)"),
+        (lambda w1, b1, w2, k: (w1, b1, w2[:, :5], k), "hidden neurons"),
+        (lambda w1, b1, w2, k: (w1, b1.double(), w2, k), "one dtype"),
+        (lambda w1, b1, w2, k: (w1[None], b1, w2, k), "2-D"),
+    ],
+)
 def test_slice_mlp_rejects_bad_input(bad, message):
     args = bad(torch.randn(6, 4), torch.randn(6), torch.randn(3, 6), torch.tensor([0, 5]))
     with pytest.raises(RuntimeError, match=message):
@@ -132,10 +154,13 @@ def float64_mlp(x, w1, b1, w2, b2, approximate="none"):
     return h @ w2.double().t() + b2.double()
 
 
-@pytest.mark.parametrize("impl", [
-    pytest.param(lambda *a: torch.ops.vbp.compact_mlp(*a), marks=requires_extension, id="extension"),
-    pytest.param(ops.compact_mlp_reference, id="reference"),
-])
+@pytest.mark.parametrize(
+    "impl",
+    [
+        pytest.param(lambda *a: torch.ops.vbp.compact_mlp(*a), marks=requires_extension, id="extension"),
+        pytest.param(ops.compact_mlp_reference, id="reference"),
+    ],
+)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
 @pytest.mark.parametrize("tokens", [(1,), (197,), (2, 197)])
 @pytest.mark.parametrize("n_in,hidden,n_out", [(768, 1382, 768), (384, 768, 384), (7, 13, 5)])
@@ -143,8 +168,11 @@ def float64_mlp(x, w1, b1, w2, b2, approximate="none"):
 def test_compact_mlp_matches_float64(impl, dtype, tol, tokens, n_in, hidden, n_out, approximate):
     g = torch.Generator().manual_seed(n_in + hidden)
     x = torch.randn(*tokens, n_in, generator=g).to(dtype)
-    w1, b1 = (torch.randn(hidden, n_in, generator=g) / n_in ** 0.5).to(dtype), torch.randn(hidden, generator=g).to(dtype)
-    w2, b2 = (torch.randn(n_out, hidden, generator=g) / hidden ** 0.5).to(dtype), torch.randn(n_out, generator=g).to(dtype)
+    w1, b1 = (torch.randn(hidden, n_in, generator=g) / n_in**0.5).to(dtype), torch.randn(hidden, generator=g).to(dtype)
+    w2, b2 = (
+        (torch.randn(n_out, hidden, generator=g) / hidden**0.5).to(dtype),
+        torch.randn(n_out, generator=g).to(dtype),
+    )
     got = impl(x, w1, b1, w2, b2, approximate)
     want = float64_mlp(x, w1, b1, w2, b2, approximate)
     assert got.shape == (*tokens, n_out) and got.dtype == dtype
@@ -155,10 +183,15 @@ def test_compact_mlp_matches_float64(impl, dtype, tol, tokens, n_in, hidden, n_o
 def test_compact_mlp_takes_non_contiguous_input_and_rejects_bad_input():
     x = torch.randn(8, 5, 6).transpose(0, 1)  # [5, 8, 6], not contiguous
     w1, b1, w2, b2 = torch.randn(9, 6), torch.randn(9), torch.randn(4, 9), torch.randn(4)
-    torch.testing.assert_close(torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2).double(), float64_mlp(x, w1, b1, w2, b2),
-                               rtol=1e-5, atol=1e-5)
-    for args, message in [((x, w1[:, :5], b1, w2, b2), "does not take"), ((x, w1, b1, w2[:, :8], b2), "hidden"),
-                          ((x, w1.double(), b1, w2, b2), "dtype"), ((x, w1, b1[:3], w2, b2), "b1 must be")]:
+    torch.testing.assert_close(
+        torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2).double(), float64_mlp(x, w1, b1, w2, b2), rtol=1e-5, atol=1e-5
+    )
+    for args, message in [
+        ((x, w1[:, :5], b1, w2, b2), "does not take"),
+        ((x, w1, b1, w2[:, :8], b2), "hidden"),
+        ((x, w1.double(), b1, w2, b2), "dtype"),
+        ((x, w1, b1[:3], w2, b2), "b1 must be"),
+    ]:
         with pytest.raises(RuntimeError, match=message):
             torch.ops.vbp.compact_mlp(*args)
     with pytest.raises(RuntimeError, match="approximate"):

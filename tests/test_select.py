@@ -71,7 +71,9 @@ def test_ratio_zero_keeps_everything_and_plans_round_trip(tmp_path):
     plan = vbp.select(s, 0.4, scope="layer")
     plan.save(tmp_path / "plan.json")
     assert vbp.Plan.load(tmp_path / "plan.json") == plan
-    (tmp_path / "bad.json").write_text('{"format": "vbp-plan/1", "model": "x", "ratio": 0.1, "scope": "global", '
-                                        '"widths": {"a": 3}, "keep": {"a": [5]}}')
+    (tmp_path / "bad.json").write_text(
+        '{"format": "vbp-plan/1", "model": "x", "ratio": 0.1, "scope": "global", '
+        '"widths": {"a": 3}, "keep": {"a": [5]}}'
+    )
     with pytest.raises(vbp.VbpError, match="invalid set"):
         vbp.Plan.load(tmp_path / "bad.json")

@@ -7,12 +7,15 @@ import vbp
 from conftest import small_model
 
 
-@pytest.mark.parametrize("name,kwargs,count,first_width,channel_dim", [
-    ("deit_tiny_patch16_224", {}, 12, 768, -1),
-    ("swin_tiny_patch4_window7_224", {}, 12, 384, -1),
-    ("convnext_tiny", {}, 18, 384, -1),
-    ("convnext_tiny", {"conv_mlp": True}, 18, 384, 1),
-])
+@pytest.mark.parametrize(
+    "name,kwargs,count,first_width,channel_dim",
+    [
+        ("deit_tiny_patch16_224", {}, 12, 768, -1),
+        ("swin_tiny_patch4_window7_224", {}, 12, 384, -1),
+        ("convnext_tiny", {}, 18, 384, -1),
+        ("convnext_tiny", {"conv_mlp": True}, 18, 384, 1),
+    ],
+)
 def test_sites_of_supported_models(name, kwargs, count, first_width, channel_dim):
     with torch.device("meta"):
         sites = vbp.find_sites(small_model(name, **kwargs))

@@ -18,10 +18,21 @@ def test_sweep_rows_agree_with_count():
     stats = vbp.calibrate(model, loader(vbp.digits_split("train"), 512), progress=False)
     val = Subset(vbp.digits_split("test"), range(100))
     methods = [Method.parse("variance+comp"), Method.parse("magnitude")]
-    result = sweep(model, stats, [0.2, 0.6], methods, val, Subset(vbp.digits_split("train"), range(64)),
-                   FinetuneConfig(epochs=1, batch_size=32))
-    assert [(r["method"], r["rate"]) for r in result.rows] == [("variance+comp", 0.2), ("variance+comp", 0.6),
-                                                               ("magnitude", 0.2), ("magnitude", 0.6)]
+    result = sweep(
+        model,
+        stats,
+        [0.2, 0.6],
+        methods,
+        val,
+        Subset(vbp.digits_split("train"), range(64)),
+        FinetuneConfig(epochs=1, batch_size=32),
+    )
+    assert [(r["method"], r["rate"]) for r in result.rows] == [
+        ("variance+comp", 0.2),
+        ("variance+comp", 0.6),
+        ("magnitude", 0.2),
+        ("magnitude", 0.6),
+    ]
     for row in result.rows:
         method = Method.parse(row["method"])
         plan = vbp.select(stats, row["rate"], criterion=method.criterion, model=model)
@@ -48,10 +59,34 @@ def test_rate_list_out_of_range_is_refused_before_anything_is_written(rates, tmp
 
 
 def test_sweep_command_writes_table_and_figures(tmp_path):
-    assert main(["sweep", "--rates", "0.3,0.6", "--methods", "variance+comp,random", "--finetune-epochs", "1",
-                 "--samples", "256", "--output", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--rates",
+                "0.3,0.6",
+                "--methods",
+                "variance+comp,random",
+                "--finetune-epochs",
+                "1",
+                "--samples",
+                "256",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["fig4_learning_curves.png", "fig5_retention.png", "fig6_layers.png", "fig7_pruned_activations.png",
-                     "fig8_retained_activations.png", "sweep.json", "table.csv", "table.md"]
+    assert names == [
+        "fig4_learning_curves.png",
+        "fig5_retention.png",
+        "fig6_layers.png",
+        "fig7_pruned_activations.png",
+        "fig8_retained_activations.png",
+        "sweep.json",
+        "table.csv",
+        "table.md",
+    ]
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert len(rows) == 4 and {"retention_top1", "final_top1", "gmacs_change"} <= set(rows[0])

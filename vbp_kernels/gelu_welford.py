@@ -33,10 +33,25 @@ def _activate(x, ACT: tl.constexpr):
 
 @triton.jit
 def _gelu_welford_kernel(
-    x_ptr, y_ptr, shift_ptr, mean_ptr, m2_ptr,
-    n_rows, n_cols, inner, rows_per_program,
-    sx_outer, sx_inner, sx_c, sy_outer, sy_inner, sy_c,
-    ACT: tl.constexpr, WRITE_Y: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr,
+    y_ptr,
+    shift_ptr,
+    mean_ptr,
+    m2_ptr,
+    n_rows,
+    n_cols,
+    inner,
+    rows_per_program,
+    sx_outer,
+    sx_inner,
+    sx_c,
+    sy_outer,
+    sy_inner,
+    sy_c,
+    ACT: tl.constexpr,
+    WRITE_Y: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     # Row r of the [n_rows, n_cols] view sits at (r // inner) * s_outer + (r % inner) * s_inner.
     pid_n = tl.program_id(0)
@@ -103,8 +118,14 @@ def _rows_per_program(n_rows: int, col_blocks: int, block_n: int, device: torch.
     return max(block_n, -(-rows // block_n) * block_n)
 
 
-def activation_moments(x: torch.Tensor, activation: str = "gelu", channel_dim: int = -1, write_output: bool = False,
-                       block_n: int = 32, block_c: int = 128) -> tuple[torch.Tensor | None, int, torch.Tensor, torch.Tensor]:
+def activation_moments(
+    x: torch.Tensor,
+    activation: str = "gelu",
+    channel_dim: int = -1,
+    write_output: bool = False,
+    block_n: int = 32,
+    block_c: int = 128,
+) -> tuple[torch.Tensor | None, int, torch.Tensor, torch.Tensor]:
     """Apply `activation` to x and reduce every channel in one pass.
 
     x: floating tensor (fp32, bf16 or fp16; any strides) whose `channel_dim` indexes channels; every other
@@ -127,9 +148,25 @@ def activation_moments(x: torch.Tensor, activation: str = "gelu", channel_dim: i
     shift_p = torch.empty(row_programs, n_cols, dtype=torch.float32, device=x.device)
     mean_p, m2_p = torch.empty_like(shift_p), torch.empty_like(shift_p)
     _gelu_welford_kernel[(row_programs, col_blocks)](
-        xv, yv, shift_p, mean_p, m2_p, n_rows, n_cols, inner, rows_per_program,
-        xv.stride(0), xv.stride(1), xv.stride(2), yv.stride(0), yv.stride(1), yv.stride(2),
-        ACT=ACTIVATIONS[activation], WRITE_Y=write_output, BLOCK_N=block_n, BLOCK_C=block_c,
+        xv,
+        yv,
+        shift_p,
+        mean_p,
+        m2_p,
+        n_rows,
+        n_cols,
+        inner,
+        rows_per_program,
+        xv.stride(0),
+        xv.stride(1),
+        xv.stride(2),
+        yv.stride(0),
+        yv.stride(1),
+        yv.stride(2),
+        ACT=ACTIVATIONS[activation],
+        WRITE_Y=write_output,
+        BLOCK_N=block_n,
+        BLOCK_C=block_c,
     )
     counts = torch.full((row_programs, 1), float(rows_per_program), dtype=torch.float64, device=x.device)
     counts[-1] = n_rows - rows_per_program * (row_programs - 1)

@@ -1,6 +1,6 @@
 """vbp: Variance-Based Pruning of trained networks (arXiv 2507.12988).
 
-    model + data --calibrate--> Stats --select--> Plan --prune--> pruned model --save_pruned--> file
+model + data --calibrate--> Stats --select--> Plan --prune--> pruned model --save_pruned--> file
 """
 
 from .calibrate import calibrate
@@ -17,6 +17,20 @@ from .sites import MlpSite, find_sites
 from .stats import Moments, Stats
 
 __all__ = [
-    "CompactMlp", "MlpSite", "Moments", "Plan", "Stats", "VbpError", "calibrate", "compact", "count", "create_model",
-    "digits_split", "find_sites", "load_pruned", "prune", "save_pruned", "select",
+    "CompactMlp",
+    "MlpSite",
+    "Moments",
+    "Plan",
+    "Stats",
+    "VbpError",
+    "calibrate",
+    "compact",
+    "count",
+    "create_model",
+    "digits_split",
+    "find_sites",
+    "load_pruned",
+    "prune",
+    "save_pruned",
+    "select",
 ]

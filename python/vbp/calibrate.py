@@ -22,7 +22,9 @@ def _images(batch) -> torch.Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
-def _start_state(sites, name: str, device, checkpoint: Path | None, resume: bool) -> tuple[dict[str, Moments], int, int]:
+def _start_state(
+    sites, name: str, device, checkpoint: Path | None, resume: bool
+) -> tuple[dict[str, Moments], int, int]:
     """Running moments per site, batches and samples already done: zeros, or the checkpoint when resuming."""
     if not resume:
         return {s.name: Moments.zeros(s.width, device) for s in sites}, 0, 0
@@ -79,12 +81,19 @@ def calibrate(
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     sites = find_sites(model)
     start, done_batches, done_samples = _start_state(sites, name, device, checkpoint, resume)
-    recorders = [SiteRecorder(s, start[s.name], Reservoir(samples, seed=i) if samples else None, nonfinite)
-                 for i, s in enumerate(sites)]
+    recorders = [
+        SiteRecorder(s, start[s.name], Reservoir(samples, seed=i) if samples else None, nonfinite)
+        for i, s in enumerate(sites)
+    ]
 
     def snapshot() -> Stats:
-        return Stats(name, {r.site.name: r.moments for r in recorders}, batches=seen_batches,
-                     images=seen_samples, skipped={r.site.name: r.skipped for r in recorders})
+        return Stats(
+            name,
+            {r.site.name: r.moments for r in recorders},
+            batches=seen_batches,
+            images=seen_samples,
+            skipped={r.site.name: r.skipped for r in recorders},
+        )
 
     handles = [attach(r, backend) for r in recorders]
     was_training = model.training
@@ -119,6 +128,9 @@ def calibrate(
     if stats.batches == 0:
         raise VbpError("the calibration data yielded no images; give a data set with at least one image")
     if samples:
-        stats.samples = {r.site.name: {"pre": r.reservoir.pre.cpu(), "post": r.reservoir.post.cpu()}
-                         for r in recorders if r.reservoir.pre is not None}
+        stats.samples = {
+            r.site.name: {"pre": r.reservoir.pre.cpu(), "post": r.reservoir.post.cpu()}
+            for r in recorders
+            if r.reservoir.pre is not None
+        }
     return stats

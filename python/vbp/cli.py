@@ -35,14 +35,24 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default="digits",
-                   help="an ImageFolder directory, 'digits' (embedded) or 'synthetic' (random images); default digits")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="an ImageFolder directory, 'digits' (embedded) or 'synthetic' (random images); default digits",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-batches", type=int, help="use at most this many batches")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="statistics backend: fused Triton kernel, PyTorch hooks, or auto (Triton on CUDA)")
-    p.add_argument("--skip-nonfinite", action="store_true",
-                   help="leave out (and count) batches whose activations hold NaN/Inf instead of stopping")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="statistics backend: fused Triton kernel, PyTorch hooks, or auto (Triton on CUDA)",
+    )
+    p.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="leave out (and count) batches whose activations hold NaN/Inf instead of stopping",
+    )
 
 
 def _add_pruning_args(p: argparse.ArgumentParser) -> None:
@@ -55,8 +65,15 @@ def _add_pruning_args(p: argparse.ArgumentParser) -> None:
 
 
 def _pruned(args, model, stats):
-    plan = select(stats, args.ratio, scope=args.scope, min_keep=args.min_keep, round_to=args.round_to,
-                  criterion=args.criterion, model=model)
+    plan = select(
+        stats,
+        args.ratio,
+        scope=args.scope,
+        min_keep=args.min_keep,
+        round_to=args.round_to,
+        criterion=args.criterion,
+        model=model,
+    )
     return plan, prune(copy.deepcopy(model), plan, stats, compensate=not args.no_compensation)
 
 
@@ -84,8 +101,15 @@ def _val_dataset(args, model):
 
 
 def _calibrate(args, model, samples: int = 0, **resume) -> Stats:
-    stats = calibrate(model, _data(args, model, "train"), num_batches=args.num_batches, samples=samples, backend=args.backend,
-                      nonfinite="skip" if args.skip_nonfinite else "error", **resume)
+    stats = calibrate(
+        model,
+        _data(args, model, "train"),
+        num_batches=args.num_batches,
+        samples=samples,
+        backend=args.backend,
+        nonfinite="skip" if args.skip_nonfinite else "error",
+        **resume,
+    )
     if any(stats.skipped.values()):
         print(f"left out batches with NaN/Inf activations, per site: {stats.skipped}")
     return stats
@@ -96,8 +120,10 @@ def _calibrated_stats(args, model) -> Stats:
     if not args.stats:
         return _calibrate(args, model)
     if not Path(args.stats).exists():
-        raise VbpError(f"statistics file {args.stats} does not exist; run `vbp calibrate --stats {args.stats}` first "
-                       "or leave out --stats to calibrate now")
+        raise VbpError(
+            f"statistics file {args.stats} does not exist; run `vbp calibrate --stats {args.stats}` first "
+            "or leave out --stats to calibrate now"
+        )
     stats = Stats.load(args.stats)
     stats.check_matches(model_name(model), site_widths(model), what=f"--model ({args.model})")
     print(f"statistics from {args.stats}")
@@ -117,8 +143,10 @@ def cmd_calibrate(args) -> None:
     if is_main_process():
         stats.save(args.stats)
         samples = next(iter(stats.sites.values())).count
-        print(f"wrote statistics of {len(stats.sites)} MLP sites ({stats.images} images, {samples} samples per neuron) "
-              f"to {args.stats}")
+        print(
+            f"wrote statistics of {len(stats.sites)} MLP sites ({stats.images} images, {samples} samples per neuron) "
+            f"to {args.stats}"
+        )
     partial.unlink(missing_ok=True)
 
 
@@ -170,8 +198,14 @@ def cmd_eval(args) -> None:
 
 
 def cmd_finetune(args) -> None:
-    config = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            kd_alpha=0.0 if args.no_kd else args.kd_alpha, kd_temperature=args.kd_temperature)
+    config = FinetuneConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        kd_alpha=0.0 if args.no_kd else args.kd_alpha,
+        kd_temperature=args.kd_temperature,
+    )
     config.validate()
     output = Path(args.output)
     check_writable(output / "model.safetensors")
@@ -232,8 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--stats", required=True, help="statistics file to write (.safetensors)")
-    p.add_argument("--checkpoint-every", type=int, default=0,
-                   help="save the running statistics to STATS.partial every K batches (for --resume)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="save the running statistics to STATS.partial every K batches (for --resume)",
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from STATS.partial")
     p.set_defaults(func=cmd_calibrate)
 
@@ -249,8 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="top-1/top-5 accuracy, and retention against the unpruned model")
     _add_model_args(p)
     _add_data_args(p)
-    p.add_argument("--pruned", help="a model written by `vbp prune --output` (model.safetensors); its unpruned "
-                                    "reference is rebuilt from its timm name with --pretrained/--checkpoint")
+    p.add_argument(
+        "--pruned",
+        help="a model written by `vbp prune --output` (model.safetensors); its unpruned "
+        "reference is rebuilt from its timm name with --pretrained/--checkpoint",
+    )
     p.add_argument("--ratio", type=float, help="prune --model at this ratio first (calibrating on the train split)")
     _add_pruning_args(p)
     p.set_defaults(func=cmd_eval)
@@ -265,8 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--teacher", help="timm name of the teacher (default: the unpruned model the student came from; "
-                                     "its weights from --pretrained/--checkpoint)")
+    p.add_argument(
+        "--teacher",
+        help="timm name of the teacher (default: the unpruned model the student came from; "
+        "its weights from --pretrained/--checkpoint)",
+    )
     p.add_argument("--no-kd", action="store_true", help="plain cross-entropy, no distillation")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
     p.add_argument("--kd-temperature", type=float, default=2.0)
@@ -278,8 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(batch_size=256)
     p.add_argument("--val-data", help="evaluation data (default: the digits test split with --data digits)")
     p.add_argument("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="comma-separated pruning rates")
-    p.add_argument("--methods", default="variance+comp,variance,magnitude,random",
-                   help="comma-separated criterion[+comp] (first one's plan is used for the activation figures)")
+    p.add_argument(
+        "--methods",
+        default="variance+comp,variance,magnitude,random",
+        help="comma-separated criterion[+comp] (first one's plan is used for the activation figures)",
+    )
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every pruned model this many epochs")
     p.add_argument("--samples", type=int, default=4096, help="activation values sampled per site for histograms")
     p.add_argument("--figure-rate", type=float, default=0.5, help="rate shown in the layer and curve figures")

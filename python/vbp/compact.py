@@ -27,14 +27,20 @@ class CompactMlp(nn.Module):
     def from_mlp(cls, mlp: nn.Module) -> "CompactMlp":
         """The CompactMlp of a timm Mlp with Linear layers and a GELU activation (sharing its layers)."""
         kind = gelu_kind(getattr(mlp, "act", None))
-        if not isinstance(mlp, Mlp) or kind is None or not isinstance(mlp.fc1, nn.Linear) or \
-                not isinstance(mlp.fc2, nn.Linear) or not isinstance(mlp.norm, nn.Identity):
+        if (
+            not isinstance(mlp, Mlp)
+            or kind is None
+            or not isinstance(mlp.fc1, nn.Linear)
+            or not isinstance(mlp.fc2, nn.Linear)
+            or not isinstance(mlp.norm, nn.Identity)
+        ):
             raise VbpError("CompactMlp replaces timm Mlp blocks with Linear fc1/fc2, GELU and no norm")
         return cls(mlp.fc1, mlp.fc2, "none" if kind == "gelu" else "tanh")
 
     @classmethod
-    def from_weights(cls, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                     approximate: str = "none") -> "CompactMlp":
+    def from_weights(
+        cls, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str = "none"
+    ) -> "CompactMlp":
         fc1 = nn.Linear(w1.shape[1], w1.shape[0], device=w1.device, dtype=w1.dtype)
         fc2 = nn.Linear(w2.shape[1], w2.shape[0], device=w2.device, dtype=w2.dtype)
         with torch.no_grad():

@@ -26,7 +26,9 @@ def magnitude_scores(model: nn.Module) -> dict[str, torch.Tensor]:
     return scores
 
 
-def neuron_scores(criterion: str, stats: Stats, model: nn.Module | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+def neuron_scores(
+    criterion: str, stats: Stats, model: nn.Module | None = None, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Score per neuron of every site, float64 [C] on CPU, for `criterion` in CRITERIA."""
     if criterion == "variance":
         return {name: stats.variance(name).detach().cpu() for name in stats.sites}

@@ -31,8 +31,9 @@ def image_folder(path: str | os.PathLike, model: nn.Module, training: bool = Fal
         raise VbpError(f"no images found in {path}: {exc}") from exc
 
 
-def dataset(spec: str, model: nn.Module, split: str = "train", num_images: int | None = None,
-            training: bool = False) -> Dataset:
+def dataset(
+    spec: str, model: nn.Module, split: str = "train", num_images: int | None = None, training: bool = False
+) -> Dataset:
     """The data set named by `spec`: "digits" (its `split`), "synthetic" (`num_images` random images), or a
     folder (read with training transforms when `training`)."""
     if spec == "digits":

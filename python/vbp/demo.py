@@ -51,17 +51,30 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
         raise VbpError(f"the reloaded model differs from the pruned one (max abs difference {max_diff})")
 
     widths = summary["widths"]
-    print(f"VBP demo: {MODEL_NAME} on scikit-learn digits ({len(train.dataset)} train / {len(test.dataset)} test images)")
-    print(f"pruned {100 * plan.pruned_fraction:.1f}% of MLP neurons, global ranking by variance; kept widths per block:")
+    print(
+        f"VBP demo: {MODEL_NAME} on scikit-learn digits ({len(train.dataset)} train / {len(test.dataset)} test images)"
+    )
+    print(
+        f"pruned {100 * plan.pruned_fraction:.1f}% of MLP neurons, global ranking by variance; kept widths per block:"
+    )
     print("  " + " ".join(str(w) for w in widths.values()) + f"  (of {next(iter(plan.widths.values()))})")
     print(f"{'':22}{'full':>12}{'pruned':>12}{'change':>10}")
     print(f"{'top-1 accuracy (%)':22}{acc_full:12.2f}{acc_pruned:12.2f}   retention {100 * acc_pruned / acc_full:.2f}%")
-    for label, full, after in (("MACs (M)", summary["macs_full_g"] * 1e3, summary["macs_g"] * 1e3),
-                               ("params (K)", summary["params_full_m"] * 1e3, summary["params_m"] * 1e3)):
+    for label, full, after in (
+        ("MACs (M)", summary["macs_full_g"] * 1e3, summary["macs_g"] * 1e3),
+        ("params (K)", summary["params_full_m"] * 1e3, summary["params_m"] * 1e3),
+    ):
         print(f"{label:22}{full:12.2f}{after:12.2f}{change(after, full):>10}")
-    print(f"{f'latency, batch {LATENCY_BATCH} (ms)':22}{t_full * 1e3:12.3f}{t_pruned * 1e3:12.3f}"
-          f"   speed-up {t_full / t_pruned:.2f}x (median, {torch.get_num_threads()} CPU threads)")
+    print(
+        f"{f'latency, batch {LATENCY_BATCH} (ms)':22}{t_full * 1e3:12.3f}{t_pruned * 1e3:12.3f}"
+        f"   speed-up {t_full / t_pruned:.2f}x (median, {torch.get_num_threads()} CPU threads)"
+    )
     print(f"saved to {path}; reloaded outputs identical to the pruned model's (max abs diff {max_diff})")
     print(f"done in {time.perf_counter() - start:.1f} s")
-    return {"acc_full": acc_full, "acc_pruned": acc_pruned, "latency_full_s": t_full, "latency_pruned_s": t_pruned,
-            **summary}
+    return {
+        "acc_full": acc_full,
+        "acc_pruned": acc_pruned,
+        "latency_full_s": t_full,
+        "latency_pruned_s": t_pruned,
+        **summary,
+    }

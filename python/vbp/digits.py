@@ -17,16 +17,34 @@ from torch.utils.data import TensorDataset
 
 WEIGHTS = Path(__file__).parent / "assets" / "digits_vit.safetensors"
 MODEL_NAME = "vbp_digits_vit"
-ARCHITECTURE = dict(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=32, depth=4, num_heads=4,
-                    mlp_ratio=4.0, global_pool="token")
+ARCHITECTURE = dict(
+    img_size=8,
+    patch_size=2,
+    in_chans=1,
+    num_classes=10,
+    embed_dim=32,
+    depth=4,
+    num_heads=4,
+    mlp_ratio=4.0,
+    global_pool="token",
+)
 
 # timm reads `default_cfgs` of the module that registers a model.
-default_cfgs = generate_default_cfgs({
-    f"{MODEL_NAME}.sklearn": dict(
-        file=str(WEIGHTS), input_size=(1, 8, 8), num_classes=10, mean=(0.5,), std=(0.5,), crop_pct=1.0,
-        license="CC-BY-4.0 (data)", first_conv="patch_embed.proj", classifier="head",
-    ),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        f"{MODEL_NAME}.sklearn": dict(
+            file=str(WEIGHTS),
+            input_size=(1, 8, 8),
+            num_classes=10,
+            mean=(0.5,),
+            std=(0.5,),
+            crop_pct=1.0,
+            license="CC-BY-4.0 (data)",
+            first_conv="patch_embed.proj",
+            classifier="head",
+        ),
+    }
+)
 
 
 @register_model

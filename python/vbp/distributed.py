@@ -54,7 +54,7 @@ def all_gather_stats(stats: Stats) -> Stats:
 
     Outside torch.distributed, `stats` itself. Activation samples stay those of the local rank.
     """
-    rank, world = rank_and_world()
+    _, world = rank_and_world()
     if world == 1:
         return stats
     names = list(stats.sites)
@@ -76,7 +76,7 @@ def all_gather_stats(stats: Stats) -> Stats:
         for n in names:
             width = stats.sites[n].mean.numel()
             count, skip = int(vec[offset]), int(vec[offset + 1])
-            mean, m2 = vec[offset + 2: offset + 2 + width], vec[offset + 2 + width: offset + 2 + 2 * width]
+            mean, m2 = vec[offset + 2 : offset + 2 + width], vec[offset + 2 + width : offset + 2 + 2 * width]
             sites[n], skipped[n] = Moments(count, mean.clone(), m2.clone()), skip
             offset += 2 + 2 * width
         part = replace(stats, sites=sites, batches=int(vec[0]), images=int(vec[1]), skipped=skipped)

@@ -12,7 +12,9 @@ from .models import model_device
 
 
 @torch.inference_mode()
-def accuracy(model: nn.Module, data: Iterable, topk: tuple[int, ...] = (1, 5), progress: bool = True) -> dict[str, float]:
+def accuracy(
+    model: nn.Module, data: Iterable, topk: tuple[int, ...] = (1, 5), progress: bool = True
+) -> dict[str, float]:
     """Top-k accuracy in percent, e.g. {"top1": 97.2, "top5": 100.0}, over (images, labels) batches."""
     model.eval()
     device = model_device(model)
@@ -38,6 +40,7 @@ def latency(model: nn.Module, images: torch.Tensor, min_run_time: float = 1.0) -
     from torch.utils import benchmark
 
     model.eval()
-    timer = benchmark.Timer(stmt="model(images)", globals={"model": model, "images": images},
-                            num_threads=torch.get_num_threads())
+    timer = benchmark.Timer(
+        stmt="model(images)", globals={"model": model, "images": images}, num_threads=torch.get_num_threads()
+    )
     return timer.blocked_autorange(min_run_time=min_run_time).median

@@ -14,8 +14,12 @@ from .sweep import SweepResult  # noqa: E402
 
 
 # Methods often tie exactly; decreasing marker sizes and distinct styles keep every line visible.
-_STYLES = [dict(marker="o", markersize=9, linestyle="-"), dict(marker="s", markersize=6, linestyle="--"),
-           dict(marker="^", markersize=5, linestyle=":"), dict(marker="x", markersize=6, linestyle="-.")]
+_STYLES = [
+    dict(marker="o", markersize=9, linestyle="-"),
+    dict(marker="s", markersize=6, linestyle="--"),
+    dict(marker="^", markersize=5, linestyle=":"),
+    dict(marker="x", markersize=6, linestyle="-."),
+]
 
 
 def _style(i: int) -> dict:

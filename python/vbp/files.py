@@ -77,7 +77,9 @@ def read_safetensors(path: str | os.PathLike, expected_format: str, what: str) -
             meta = json.loads(f.metadata()["vbp"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise VbpError(f"{path} is not a readable vbp {what} file ({exc}); it may be truncated or of another kind") from exc
+        raise VbpError(
+            f"{path} is not a readable vbp {what} file ({exc}); it may be truncated or of another kind"
+        ) from exc
     if not isinstance(meta, dict) or meta.get("format") != expected_format:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise VbpError(f"{path} holds '{found}', not vbp {what} ('{expected_format}')")

@@ -9,6 +9,7 @@ torch.distributed is initialised (torchrun). A checkpoint is written atomically 
 import csv
 import io
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -56,18 +57,27 @@ def _check_teacher(student: nn.Module, teacher: nn.Module, images: torch.Tensor)
     with torch.inference_mode():
         s, t = student(images[:1]), teacher(images[:1])
     if s.shape != t.shape:
-        raise VbpError(f"the teacher's outputs ({tuple(t.shape[1:])}) do not match the student's "
-                       f"({tuple(s.shape[1:])}): distil from the model the student was pruned from")
+        raise VbpError(
+            f"the teacher's outputs ({tuple(t.shape[1:])}) do not match the student's "
+            f"({tuple(s.shape[1:])}): distil from the model the student was pruned from"
+        )
 
 
-def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: FinetuneConfig,
-             teacher: nn.Module | None = None, output: str | Path | None = None, resume: bool = False,
-             progress: bool = True) -> list[dict]:
+def finetune(
+    student: nn.Module,
+    train: Dataset,
+    val: Dataset | None,
+    config: FinetuneConfig,
+    teacher: nn.Module | None = None,
+    output: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> list[dict]:
     """Train `student` in place on `train` ((image, label) items); returns the per-epoch history.
 
     Each history row: epoch, train_loss, lr, seconds, and top1/top5 on `val` when given. With `output`,
     writes output/checkpoint.pt every epoch and output/log.json + log.csv; `resume` continues from the
-    checkpoint there. teacher: distil from it when config.kd_alpha > 0 (frozen, eval mode).
+    checkpoint there. teacher: distil from it when config.kd_alpha > 0 (put in eval mode, run without gradients).
     """
     config.validate()
     rank, world = rank_and_world()
@@ -78,15 +88,28 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
         _check_teacher(student, teacher, train[0][0].unsqueeze(0).to(device))
 
     generator = torch.Generator().manual_seed(config.seed)
-    sampler = (DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
-               if world > 1 else RandomSampler(train, generator=generator))
-    train_loader = DataLoader(train, batch_size=config.batch_size, sampler=sampler, num_workers=loader_workers(train),
-                        drop_last=len(train) >= config.batch_size)
+    sampler = (
+        DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
+        if world > 1
+        else RandomSampler(train, generator=generator)
+    )
+    train_loader = DataLoader(
+        train,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=loader_workers(train),
+        drop_last=len(train) >= config.batch_size,
+    )
     steps_per_epoch = len(train_loader)
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps_per_epoch, lr_min=config.lr * 1e-2,
-                                  warmup_t=int(config.warmup_epochs * steps_per_epoch), warmup_lr_init=config.lr * 1e-2,
-                                  t_in_epochs=False)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=config.epochs * steps_per_epoch,
+        lr_min=config.lr * 1e-2,
+        warmup_t=int(config.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=config.lr * 1e-2,
+        t_in_epochs=False,
+    )
     model = DistributedDataParallel(student) if world > 1 else student
 
     history, start_epoch = [], 0
@@ -105,13 +128,15 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch = state["history"], state["epoch"]
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for epoch in range(start_epoch, config.epochs):
         if world > 1:
             sampler.set_epoch(epoch)
         model.train()
         started, total_loss, seen = time.perf_counter(), 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress or rank != 0)
+        bar = tqdm(
+            train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress or rank != 0
+        )
         for step, (images, labels) in enumerate(bar):
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast:
@@ -119,23 +144,34 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
                 if use_kd:
                     with torch.no_grad():
                         teacher_logits = teacher(images)
-                    loss = kd_loss(logits.float(), teacher_logits.float(), labels, config.kd_alpha,
-                                   config.kd_temperature, config.label_smoothing)
+                    loss = kd_loss(
+                        logits.float(),
+                        teacher_logits.float(),
+                        labels,
+                        config.kd_alpha,
+                        config.kd_temperature,
+                        config.label_smoothing,
+                    )
                 else:
                     loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            if not torch.isfinite(loss):
-                raise VbpError(f"the training loss became {loss.item()} in epoch {epoch + 1}, step {step}; lower --lr")
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise VbpError(f"the training loss became {loss_value} in epoch {epoch + 1}, step {step}; lower --lr")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad:
                 nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
             optimizer.step()
             scheduler.step_update(epoch * steps_per_epoch + step + 1)
-            total_loss += loss.item() * labels.shape[0]
+            total_loss += loss_value * labels.shape[0]
             seen += labels.shape[0]
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-        row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "lr": optimizer.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - started}
+            bar.set_postfix(loss=f"{loss_value:.4f}")
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - started,
+        }
         if val is not None:
             row.update(accuracy(student, loader(val, config.batch_size * 2), progress=False))
         history.append(row)
@@ -145,9 +181,16 @@ def finetune(student: nn.Module, train: Dataset, val: Dataset | None, config: Fi
 
 
 def _write_epoch(output: Path, student, optimizer, scheduler, generator, history, config) -> None:
-    state = {"model": student.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history,
-             "epoch": history[-1]["epoch"], "config": asdict(config)}
+    state = {
+        "model": student.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "epoch": history[-1]["epoch"],
+        "config": asdict(config),
+    }
     with atomic_path(output / CHECKPOINT) as tmp:
         torch.save(state, tmp)
     write_text_atomic(output / "log.json", json.dumps(history, indent=1) + "\n")

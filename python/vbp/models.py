@@ -9,14 +9,18 @@ from torch import nn
 from .errors import VbpError
 
 
-def create_model(name: str, pretrained: bool = False, checkpoint: str | os.PathLike | None = None, **kwargs) -> nn.Module:
+def create_model(
+    name: str, pretrained: bool = False, checkpoint: str | os.PathLike | None = None, **kwargs
+) -> nn.Module:
     """`timm.create_model(name, **kwargs)` in eval mode, loading `checkpoint` (safetensors or a torch state dict).
 
     Raises VbpError for an unknown name or a missing or unreadable checkpoint.
     """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise VbpError(f"unknown model '{name}': not a timm model name" + (f"; similar names: {', '.join(close)}" if close else ""))
+        raise VbpError(
+            f"unknown model '{name}': not a timm model name" + (f"; similar names: {', '.join(close)}" if close else "")
+        )
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise VbpError(f"checkpoint {checkpoint} does not exist")
     model = timm.create_model(name, pretrained=pretrained, **kwargs)

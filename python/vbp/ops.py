@@ -57,14 +57,16 @@ def fold_bias(w2: torch.Tensor, b2: torch.Tensor, mean: torch.Tensor, pruned: to
     return fold_bias_reference(w2, b2, mean.to(w2.device), pruned.to(w2.device))
 
 
-def slice_mlp_reference(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-                        keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def slice_mlp_reference(
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w1[keep, :], b1[keep], w2[:, keep]). w1: [hidden, in]; b1: [hidden]; w2: [out, hidden]; keep: int64 [K]."""
     return w1.index_select(0, keep), b1.index_select(0, keep), w2.index_select(1, keep)
 
 
-def slice_mlp(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
-              keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def slice_mlp(
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The compact fc1/fc2 weights of the kept neurons (shapes as in `slice_mlp_reference`), by one gather
     pass per tensor in the extension when it is built."""
     if w1.dim() != 2 or w2.dim() != 2 or b1.dim() != 1 or keep.dim() != 1:
@@ -74,14 +76,16 @@ def slice_mlp(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
     return slice_mlp_reference(w1, b1, w2, keep.to(w1.device))
 
 
-def compact_mlp_reference(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                          approximate: str = "none") -> torch.Tensor:
+def compact_mlp_reference(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str = "none"
+) -> torch.Tensor:
     """fc2(GELU(fc1(x))) in eager PyTorch. x: [..., in] -> [..., out]."""
     return F.linear(F.gelu(F.linear(x, w1, b1), approximate=approximate), w2, b2)
 
 
-def compact_mlp(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
-                approximate: str = "none") -> torch.Tensor:
+def compact_mlp(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str = "none"
+) -> torch.Tensor:
     """Inference forward of a (pruned) MLP: the extension's op (in-place GELU between two biased GEMMs)
     when built, `compact_mlp_reference` otherwise. No autograd: use it under torch.no_grad/inference_mode."""
     if _HAS_EXTENSION:

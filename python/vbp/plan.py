@@ -44,8 +44,15 @@ class Plan:
         return 1 - sum(self.kept_widths.values()) / sum(self.widths.values())
 
     def save(self, path: str | os.PathLike) -> None:
-        doc = {"format": FORMAT, "model": self.model, "ratio": self.ratio, "scope": self.scope,
-               "criterion": self.criterion, "widths": self.widths, "keep": self.keep}
+        doc = {
+            "format": FORMAT,
+            "model": self.model,
+            "ratio": self.ratio,
+            "scope": self.scope,
+            "criterion": self.criterion,
+            "widths": self.widths,
+            "keep": self.keep,
+        }
         write_text_atomic(path, json.dumps(doc))
 
     @classmethod
@@ -59,7 +66,9 @@ class Plan:
             raise VbpError(f"{path} is not a readable plan file ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise VbpError(f"{path} is not a vbp plan file (expected format '{FORMAT}')")
-        plan = cls(doc["model"], doc["ratio"], doc["scope"], doc["widths"], doc["keep"], doc.get("criterion", "variance"))
+        plan = cls(
+            doc["model"], doc["ratio"], doc["scope"], doc["widths"], doc["keep"], doc.get("criterion", "variance")
+        )
         plan.validate()
         return plan
 

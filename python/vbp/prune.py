@@ -24,11 +24,15 @@ def prune(model: nn.Module, plan: Plan, stats: Stats | None = None, compensate: 
     widths = {s.name: s.width for s in sites}
     name = model_name(model)
     if plan.widths != widths or (plan.model and name and plan.model != name):
-        raise VbpError(f"the plan was made for '{plan.model}' with other MLP sites or widths than this model ('{name}')")
+        raise VbpError(
+            f"the plan was made for '{plan.model}' with other MLP sites or widths than this model ('{name}')"
+        )
     plan.validate()
     if compensate:
         if stats is None:
-            raise VbpError("compensation needs the statistics the plan was selected from; pass stats or compensate=False")
+            raise VbpError(
+                "compensation needs the statistics the plan was selected from; pass stats or compensate=False"
+            )
         stats.check_matches(name, widths)
     for site in sites:
         keep = plan.kept(site.name).to(site.fc1.weight.device)
@@ -39,8 +43,9 @@ def prune(model: nn.Module, plan: Plan, stats: Stats | None = None, compensate: 
             # flatten(1): a 1x1 conv's weight is [out, in, 1, 1]
             b2 = b2 if b2 is not None else w2.new_zeros(w2.shape[0])
             b2 = fold_bias(w2.flatten(1), b2, stats.mean(site.name), pruned)
-        w1_kept, b1_kept, w2_kept = slice_mlp(w1.flatten(1), b1 if b1 is not None else w1.new_zeros(w1.shape[0]),
-                                              w2.flatten(1), keep)
+        w1_kept, b1_kept, w2_kept = slice_mlp(
+            w1.flatten(1), b1 if b1 is not None else w1.new_zeros(w1.shape[0]), w2.flatten(1), keep
+        )
         site.set_width(keep.numel(), fc2_bias=b2 is not None)
         site.fc1.weight.copy_(w1_kept.view_as(site.fc1.weight))
         if b1 is not None:

@@ -100,6 +100,7 @@ def _torch_hook(recorder: SiteRecorder):
     def hook(module, inputs, output):
         update = Moments.of(hidden_channels_last(output.detach(), recorder.site.channel_dim))
         recorder.update(update, inputs[0], output)
+
     return hook
 
 
@@ -109,18 +110,21 @@ def _triton_hook(recorder: SiteRecorder):
 
         _, count, mean, m2 = activation_moments(output.detach(), "none", recorder.site.channel_dim)
         recorder.update(Moments(count, mean, m2), inputs[0], output)
+
     return hook
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """"auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU needs TRITON_INTERPRET=1."""
+    """ "auto" -> "triton" on CUDA, "torch" elsewhere; "triton" on CPU needs TRITON_INTERPRET=1."""
     if backend not in BACKENDS:
         raise VbpError(f"backend must be one of {BACKENDS}, got '{backend}'")
     if backend == "auto":
         return "triton" if device.type == "cuda" else "torch"
     if backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise VbpError("the triton backend needs a CUDA device (or TRITON_INTERPRET=1 to interpret it on CPU); "
-                       "use backend='torch' on CPU")
+        raise VbpError(
+            "the triton backend needs a CUDA device (or TRITON_INTERPRET=1 to interpret it on CPU); "
+            "use backend='torch' on CPU"
+        )
     return backend
 
 

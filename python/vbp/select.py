@@ -17,8 +17,16 @@ def check_ratio(ratio: float) -> float:
     return float(ratio)
 
 
-def select(stats: Stats, ratio: float, scope: str = "global", min_keep: int = 1, round_to: int = 1,
-           criterion: str = "variance", model: nn.Module | None = None, seed: int = 0) -> Plan:
+def select(
+    stats: Stats,
+    ratio: float,
+    scope: str = "global",
+    min_keep: int = 1,
+    round_to: int = 1,
+    criterion: str = "variance",
+    model: nn.Module | None = None,
+    seed: int = 0,
+) -> Plan:
     """A Plan that removes `ratio` of all MLP hidden neurons, those of lowest variance.
 
     criterion="magnitude" (needs `model`) or "random" (uses `seed`) rank by those scores instead, as
@@ -34,7 +42,9 @@ def select(stats: Stats, ratio: float, scope: str = "global", min_keep: int = 1,
         raise VbpError(f"scope must be one of {SCOPES}, got '{scope}'")
     widths = stats.widths
     if min_keep < 1 or min_keep > min(widths.values()):
-        raise VbpError(f"min_keep must be between 1 and the smallest site width ({min(widths.values())}), got {min_keep}")
+        raise VbpError(
+            f"min_keep must be between 1 and the smallest site width ({min(widths.values())}), got {min_keep}"
+        )
     if round_to < 1:
         raise VbpError(f"round_to must be at least 1, got {round_to}")
     scores = neuron_scores(criterion, stats, model, seed)
@@ -69,7 +79,9 @@ def _global_prune_counts(scores: dict[str, torch.Tensor], ratio: float, min_keep
         owners.append(torch.full((v.numel() - min_keep,), i))
     candidates, owners = torch.cat(candidates), torch.cat(owners)
     if n_prune > candidates.numel():
-        raise VbpError(f"ratio {ratio} would leave some site with fewer than min_keep={min_keep} neurons; lower the ratio")
+        raise VbpError(
+            f"ratio {ratio} would leave some site with fewer than min_keep={min_keep} neurons; lower the ratio"
+        )
     lowest = torch.argsort(candidates, stable=True)[:n_prune]
     counts = torch.bincount(owners[lowest], minlength=len(names))
     return {name: int(counts[i]) for i, name in enumerate(names)}

@@ -59,8 +59,9 @@ class MlpSite:
         self.block.fc2 = _resized(self.fc2, in_features=width, bias=fc2_bias)
 
 
-def _resized(layer: nn.Module, in_features: int | None = None, out_features: int | None = None,
-             bias: bool | None = None) -> nn.Module:
+def _resized(
+    layer: nn.Module, in_features: int | None = None, out_features: int | None = None, bias: bool | None = None
+) -> nn.Module:
     w = layer.weight
     # Built on the meta device and then given storage: no time spent on an initialisation that is overwritten.
     kwargs = dict(bias=layer.bias is not None if bias is None else bias, device="meta", dtype=w.dtype)

@@ -98,8 +98,13 @@ class Stats:
         """Statistics of the union of both sets of samples (e.g. two shards of a data set)."""
         self.check_matches(other.model, other.widths, what="the other statistics")
         skipped = {n: self.skipped.get(n, 0) + other.skipped.get(n, 0) for n in self.sites}
-        return replace(self, sites={n: m.merge(other.sites[n]) for n, m in self.sites.items()},
-                       batches=self.batches + other.batches, images=self.images + other.images, skipped=skipped)
+        return replace(
+            self,
+            sites={n: m.merge(other.sites[n]) for n, m in self.sites.items()},
+            batches=self.batches + other.batches,
+            images=self.images + other.images,
+            skipped=skipped,
+        )
 
     def check_matches(self, model: str, widths: dict[str, int], what: str = "the model") -> None:
         """Raise VbpError unless these statistics were gathered on a model with these sites and widths."""
@@ -113,7 +118,9 @@ class Stats:
             )
 
     def to(self, device: torch.device | str) -> "Stats":
-        return replace(self, sites={n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()})
+        return replace(
+            self, sites={n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()}
+        )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file (mean and m2 per site) whose metadata holds model, sites, widths, counts."""
@@ -145,8 +152,16 @@ class Stats:
                 sites[name] = Moments(int(meta["counts"][name]), tensors[f"{name}/mean"], tensors[f"{name}/m2"])
         except KeyError as exc:
             raise VbpError(f"{path} is not a complete vbp statistics file (missing {exc}); calibrate again") from exc
-        samples = {name: {"pre": tensors[f"{name}/sample_pre"], "post": tensors[f"{name}/sample_post"]}
-                   for name in meta["sites"] if f"{name}/sample_pre" in tensors}
-        return cls(meta["model"], sites, samples or None, meta.get("batches", 0), meta.get("images", 0),
-                   meta.get("skipped", {}))
-
+        samples = {
+            name: {"pre": tensors[f"{name}/sample_pre"], "post": tensors[f"{name}/sample_post"]}
+            for name in meta["sites"]
+            if f"{name}/sample_pre" in tensors
+        }
+        return cls(
+            meta["model"],
+            sites,
+            samples or None,
+            meta.get("batches", 0),
+            meta.get("images", 0),
+            meta.get("skipped", {}),
+        )

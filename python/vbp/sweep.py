@@ -52,7 +52,7 @@ def check_rates(rates: list[float]) -> list[float]:
 
 
 def parse_rates(text: str) -> list[float]:
-    """"0.1,0.3,0.5" -> [0.1, 0.3, 0.5], each checked to lie in [0, 1)."""
+    """ "0.1,0.3,0.5" -> [0.1, 0.3, 0.5], each checked to lie in [0, 1)."""
     try:
         rates = [float(r) for r in text.split(",") if r.strip()]
     except ValueError as exc:
@@ -73,9 +73,18 @@ class SweepResult:
     base_mparams: float
 
 
-def sweep(model: nn.Module, stats: Stats, rates: list[float], methods: list[Method], val: Dataset,
-          train: Dataset | None = None, finetune_config: FinetuneConfig | None = None, batch_size: int = 256,
-          seed: int = 0, progress: bool = False) -> SweepResult:
+def sweep(
+    model: nn.Module,
+    stats: Stats,
+    rates: list[float],
+    methods: list[Method],
+    val: Dataset,
+    train: Dataset | None = None,
+    finetune_config: FinetuneConfig | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> SweepResult:
     """Prune `model` (left unchanged) by every method at every rate; evaluate top-1 on `val` right after
     pruning and, with `finetune_config` and `train`, after fine-tuning (distilling from `model`)."""
     check_rates(rates)
@@ -89,9 +98,16 @@ def sweep(model: nn.Module, stats: Stats, rates: list[float], methods: list[Meth
             pruned = prune(copy.deepcopy(model), plan, stats, compensate=method.compensate)
             macs, params = count(pruned)
             top1 = accuracy(pruned, val_loader, progress=False)["top1"]
-            row = {"method": str(method), "rate": rate, "gmacs": macs / 1e9, "gmacs_change": change(macs, base_macs),
-                   "mparams": params / 1e6, "mparams_change": change(params, base_params),
-                   "retention_top1": top1, "retention_pct": 100 * top1 / base_top1}
+            row = {
+                "method": str(method),
+                "rate": rate,
+                "gmacs": macs / 1e9,
+                "gmacs_change": change(macs, base_macs),
+                "mparams": params / 1e6,
+                "mparams_change": change(params, base_params),
+                "retention_top1": top1,
+                "retention_pct": 100 * top1 / base_top1,
+            }
             if finetune_config is not None and train is not None:
                 history = finetune(pruned, train, val, finetune_config, teacher=model, progress=progress)
                 histories[(str(method), rate)] = history
@@ -119,14 +135,20 @@ def table_markdown(result: SweepResult, model: str) -> str:
     out = []
     for method in dict.fromkeys(r["method"] for r in result.rows):
         out.append(f"### {model}, {method}\n")
-        head = f"| rate | MACs ({unit}) | params (M) | retention top-1 (%) |" + (" final top-1 (%) |" if finetuned else "")
+        head = f"| rate | MACs ({unit}) | params (M) | retention top-1 (%) |" + (
+            " final top-1 (%) |" if finetuned else ""
+        )
         out.append(head)
         out.append("|" + " --- |" * (head.count("|") - 1))
-        out.append(f"| base | {result.base_gmacs * scale:.3f} | {result.base_mparams:.4f} | {result.base_top1:.2f} |"
-                   + (" - |" if finetuned else ""))
+        out.append(
+            f"| base | {result.base_gmacs * scale:.3f} | {result.base_mparams:.4f} | {result.base_top1:.2f} |"
+            + (" - |" if finetuned else "")
+        )
         for r in (r for r in result.rows if r["method"] == method):
-            line = (f"| {100 * r['rate']:.0f}% | {r['gmacs'] * scale:.3f} ({r['gmacs_change']}) | {r['mparams']:.4f} "
-                    f"({r['mparams_change']}) | {r['retention_top1']:.2f} ({r['retention_pct']:.2f}%) |")
+            line = (
+                f"| {100 * r['rate']:.0f}% | {r['gmacs'] * scale:.3f} ({r['gmacs_change']}) | {r['mparams']:.4f} "
+                f"({r['mparams_change']}) | {r['retention_top1']:.2f} ({r['retention_pct']:.2f}%) |"
+            )
             if finetuned:
                 line += f" {r['final_top1']:.2f} ({r['final_pct']:.2f}%) |"
             out.append(line)
@@ -138,6 +160,11 @@ def write_tables(result: SweepResult, model: str, output: Path) -> None:
     """output/table.csv, table.md and sweep.json (rows plus the unpruned model's figures)."""
     write_text_atomic(output / "table.csv", table_csv(result.rows))
     write_text_atomic(output / "table.md", table_markdown(result, model))
-    doc = {"model": model, "base_top1": result.base_top1, "base_gmacs": result.base_gmacs,
-           "base_mparams": result.base_mparams, "rows": result.rows}
+    doc = {
+        "model": model,
+        "base_top1": result.base_top1,
+        "base_gmacs": result.base_gmacs,
+        "base_mparams": result.base_mparams,
+        "rows": result.rows,
+    }
     write_text_atomic(output / "sweep.json", json.dumps(doc, indent=1) + "\n")
