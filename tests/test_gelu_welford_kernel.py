@@ -78,3 +78,9 @@ def test_bad_input_is_refused():
         activation_moments(torch.ones(0, 4, device=DEVICE))
     with pytest.raises(ValueError, match="activation must be"):
         activation_moments(torch.ones(2, 4, device=DEVICE), "relu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_full_size_deit_base_activations_on_gpu():
+    x = torch.randn(50432, 3072, device="cuda", dtype=torch.bfloat16)  # DeiT-B at batch 256
+    check(x, "gelu", rtol=1e-5)

@@ -90,3 +90,25 @@ def test_sweep_command_writes_table_and_figures(tmp_path):
     ]
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert len(rows) == 4 and {"retention_top1", "final_top1", "gmacs_change"} <= set(rows[0])
+
+
+def test_sweep_takes_a_single_criterion(tmp_path):
+    assert (
+        main(
+            [
+                "sweep",
+                "--rates",
+                "0.5",
+                "--criterion",
+                "magnitude",
+                "--no-compensation",
+                "--samples",
+                "64",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["magnitude"]

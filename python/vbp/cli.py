@@ -234,7 +234,10 @@ def cmd_sweep(args) -> None:
     from .sweep import Method, parse_rates, sweep, table_markdown, write_tables
 
     rates = parse_rates(args.rates)
-    methods = [Method.parse(m) for m in args.methods.split(",")]
+    if args.criterion:
+        methods = [Method(args.criterion, not args.no_compensation)]
+    else:
+        methods = [Method.parse(m) for m in args.methods.split(",")]
     output = Path(args.output)
     check_writable(output / "table.csv")
     model = _model(args)
@@ -327,6 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="variance+comp,variance,magnitude,random",
         help="comma-separated criterion[+comp] (first one's plan is used for the activation figures)",
     )
+    p.add_argument("--criterion", choices=CRITERIA, help="sweep this criterion alone (instead of --methods)")
+    p.add_argument("--no-compensation", action="store_true", help="with --criterion: without mean-shift compensation")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every pruned model this many epochs")
     p.add_argument("--samples", type=int, default=4096, help="activation values sampled per site for histograms")
     p.add_argument("--figure-rate", type=float, default=0.5, help="rate shown in the layer and curve figures")
