@@ -3,6 +3,8 @@
 import copy
 import os
 import shutil
+import subprocess
+import sys
 
 # Without a GPU, Triton kernels run in its interpreter on CPU tensors. Triton reads this when it is
 # first imported, so it is set before anything imports torch.
@@ -49,3 +51,10 @@ def mean_replaced(model: torch.nn.Module, plan: vbp.Plan, stats: vbp.Stats) -> t
 def deit_tiny_small():
     """DeiT-Tiny at 32x32 input (4 patches + class token): fast, same MLP sites as at 224."""
     return small_model("deit_tiny_patch16_224", img_size=32)
+
+
+def run_torchrun(port: int, *vbp_args: str) -> subprocess.CompletedProcess:
+    """`torchrun --nproc_per_node 2 -m vbp ARGS` on CPU (gloo), one thread per process; output captured."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    return subprocess.run([*cmd, "-m", "vbp", *vbp_args], env=env, capture_output=True, text=True, timeout=300)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vbp
+from conftest import run_torchrun
 from vbp.cli import main
 
 
@@ -134,30 +135,8 @@ def test_eval_reports_retention_of_a_pruned_model(capsys):
 
 
 def test_calibrate_under_torchrun_equals_one_process(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29541",
-        "-m",
-        "vbp",
-        "calibrate",
-        "--batch-size",
-        "100",
-        "--backend",
-        "torch",
-        "--stats",
-        str(tmp_path / "two.safetensors"),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    stats = str(tmp_path / "two.safetensors")
+    done = run_torchrun(29541, "calibrate", "--batch-size", "100", "--backend", "torch", "--stats", stats)
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["calibrate", "--batch-size", "100", "--stats", str(tmp_path / "one.safetensors")]) == 0
     two, one = vbp.Stats.load(tmp_path / "two.safetensors"), vbp.Stats.load(tmp_path / "one.safetensors")

@@ -2,9 +2,6 @@
 
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -13,6 +10,7 @@ from torch.utils.data import Subset
 
 import vbp
 from vbp import finetune as finetune_module
+from conftest import run_torchrun
 from vbp.data import loader
 from vbp.finetune import FinetuneConfig, finetune
 
@@ -97,30 +95,9 @@ def test_teacher_with_other_classes_and_foreign_checkpoint_are_refused(digits_pr
 
 def test_finetune_command_under_torchrun_with_two_gloo_processes(digits_pruned, tmp_path):
     vbp.save_pruned(digits_pruned[1], tmp_path / "pruned.safetensors")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29517",
-        "-m",
-        "vbp",
-        "finetune",
-        "--pruned",
-        str(tmp_path / "pruned.safetensors"),
-        "--epochs",
-        "2",
-        "--batch-size",
-        "64",
-        "--output",
-        str(tmp_path / "ft"),
-        "--device",
-        "cpu",
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    pruned, output = str(tmp_path / "pruned.safetensors"), str(tmp_path / "ft")
+    args = ["--epochs", "2", "--batch-size", "64", "--output", output, "--device", "cpu"]
+    done = run_torchrun(29517, "finetune", "--pruned", pruned, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     log = json.loads((tmp_path / "ft" / "log.json").read_text())
     assert [row["epoch"] for row in log] == [1, 2] and log[-1]["top1"] > 50
