@@ -37,7 +37,7 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
     acc_full = accuracy(model, test, progress=False)["top1"]
     acc_pruned = accuracy(pruned, test, progress=False)["top1"]
     summary = summarize(model, pruned, MODEL_NAME, ratio)
-    test_images = digits_split("test").tensors[0]
+    test_images = test.dataset.tensors[0]
     images = test_images.repeat(-(-LATENCY_BATCH // len(test_images)), 1, 1, 1)[:LATENCY_BATCH].to(device)
     t_full, t_pruned = latency(model, images), latency(pruned, images)
 

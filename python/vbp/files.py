@@ -7,6 +7,8 @@ JSON document under the key "vbp" (with a "format" tag); nothing is ever unpickl
 """
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -59,6 +61,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Write dict rows (all with the first row's keys) as CSV with a header, atomically; returns the path."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(path, text.getvalue())
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:

@@ -6,8 +6,6 @@ torch.distributed is initialised (torchrun). A checkpoint is written atomically 
 `resume=True` continues from it to the same weights an uninterrupted run would reach.
 """
 
-import csv
-import io
 import json
 import math
 import time
@@ -27,7 +25,7 @@ from .distill import kd_loss
 from .distributed import rank_and_world
 from .errors import VbpError
 from .evaluate import accuracy
-from .files import atomic_path, write_text_atomic
+from .files import atomic_path, write_csv_atomic, write_text_atomic
 from .models import model_device
 
 CHECKPOINT = "checkpoint.pt"
@@ -194,8 +192,4 @@ def _write_epoch(output: Path, student, optimizer, scheduler, generator, history
     with atomic_path(output / CHECKPOINT) as tmp:
         torch.save(state, tmp)
     write_text_atomic(output / "log.json", json.dumps(history, indent=1) + "\n")
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(history[-1]))
-    writer.writeheader()
-    writer.writerows(history)
-    write_text_atomic(output / "log.csv", text.getvalue())
+    write_csv_atomic(output / "log.csv", history)

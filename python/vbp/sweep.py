@@ -5,20 +5,19 @@ A method is a criterion with or without mean-shift compensation, written "varian
 """
 
 import copy
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from .count import count
 from .criteria import CRITERIA
+from .data import loader
 from .errors import VbpError
 from .evaluate import accuracy
-from .files import write_text_atomic
+from .files import write_csv_atomic, write_text_atomic
 from .finetune import FinetuneConfig, finetune
 from .plan import Plan
 from .prune import prune
@@ -88,7 +87,7 @@ def sweep(
     """Prune `model` (left unchanged) by every method at every rate; evaluate top-1 on `val` right after
     pruning and, with `finetune_config` and `train`, after fine-tuning (distilling from `model`)."""
     check_rates(rates)
-    val_loader = DataLoader(val, batch_size=batch_size)
+    val_loader = loader(val, batch_size)
     base_top1 = accuracy(model, val_loader, progress=False)["top1"]
     base_macs, base_params = count(model)
     rows, plans, histories = [], {}, {}
@@ -115,14 +114,6 @@ def sweep(
             rows.append(row)
             plans[(str(method), rate)] = plan
     return SweepResult(rows, plans, histories, base_top1, base_macs / 1e9, base_params / 1e6)
-
-
-def table_csv(rows: list[dict]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return text.getvalue()
 
 
 def table_markdown(result: SweepResult, model: str) -> str:
@@ -158,7 +149,7 @@ def table_markdown(result: SweepResult, model: str) -> str:
 
 def write_tables(result: SweepResult, model: str, output: Path) -> None:
     """output/table.csv, table.md and sweep.json (rows plus the unpruned model's figures)."""
-    write_text_atomic(output / "table.csv", table_csv(result.rows))
+    write_csv_atomic(output / "table.csv", result.rows)
     write_text_atomic(output / "table.md", table_markdown(result, model))
     doc = {
         "model": model,
