@@ -1,16 +1,14 @@
-// compact_mlp: inference forward of a (pruned) MLP, fc2(GELU(fc1(x))), for CPU and CUDA alike.
-// Both GEMMs go through ATen (MKL/oneDNN on CPU, cuBLAS on CUDA) writing into preallocated outputs with
-// the bias folded in (addmm's beta term); GELU runs in place on the hidden tensor (ATen's vectorised,
-// parallel kernel), so the only allocations are the hidden tensor and the output.
+// compact_mlp: input checks and the kernel for every backend without its own (CUDA, Meta).
+// Both GEMMs go through ATen (cuBLAS on CUDA) writing into preallocated outputs with the bias folded in
+// (addmm's beta term); GELU runs in place on the hidden tensor, so the only allocations are the hidden
+// tensor and the output. The CPU kernel (compact_mlp_cpu.cpp) fuses the epilogues through oneDNN.
+#include "compact_mlp.h"
+
 #include <ATen/Functions.h>
-#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
-#include <string>
-
 namespace vbp {
-namespace {
 
 void check_compact_mlp_inputs(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                               const at::Tensor& b2, const std::string& approximate) {
@@ -34,24 +32,35 @@ void check_compact_mlp_inputs(const at::Tensor& x, const at::Tensor& w1, const a
               approximate, "'");
 }
 
+at::Tensor compact_mlp_aten_rows(const at::Tensor& rows, const at::Tensor& w1, const at::Tensor& b1,
+                                 const at::Tensor& w2, const at::Tensor& b2, const std::string& approximate) {
+  at::Tensor hidden = at::empty({rows.size(0), w1.size(0)}, rows.options());
+  at::addmm_out(hidden, b1, rows, w1.t());
+  at::gelu_(hidden, approximate);
+  at::Tensor out = at::empty({rows.size(0), w2.size(0)}, rows.options());
+  at::addmm_out(out, b2, hidden, w2.t());
+  return out;
+}
+
+at::Tensor restore_leading_shape(const at::Tensor& out, const at::Tensor& x) {
+  auto shape = x.sizes().vec();
+  shape.back() = out.size(1);
+  return out.view(shape);
+}
+
+namespace {
+
 at::Tensor compact_mlp(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& b1, const at::Tensor& w2,
                        const at::Tensor& b2, c10::string_view approximate) {
   const std::string approx(approximate);
   check_compact_mlp_inputs(x, w1, b1, w2, b2, approx);
   const at::Tensor rows = x.reshape({-1, x.size(-1)});
-  at::Tensor hidden = at::empty({rows.size(0), w1.size(0)}, x.options());
-  at::addmm_out(hidden, b1, rows, w1.t());
-  at::gelu_(hidden, approx);
-  at::Tensor out = at::empty({rows.size(0), w2.size(0)}, x.options());
-  at::addmm_out(out, b2, hidden, w2.t());
-  auto shape = x.sizes().vec();
-  shape.back() = w2.size(0);
-  return out.view(shape);
+  return restore_leading_shape(compact_mlp_aten_rows(rows, w1, b1, w2, b2, approx), x);
 }
 
 }  // namespace
 
-// One implementation for every backend: it only calls ATen ops, which also trace on meta/fake tensors.
+// Only ATen ops, so this kernel also traces on meta/fake tensors; CPU has its own (compact_mlp_cpu.cpp).
 TORCH_LIBRARY_IMPL(vbp, CompositeExplicitAutograd, m) { m.impl("compact_mlp", &compact_mlp); }
 
 }  // namespace vbp

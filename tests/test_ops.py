@@ -154,16 +154,49 @@ def float64_mlp(x, w1, b1, w2, b2, approximate="none"):
     return h @ w2.double().t() + b2.double()
 
 
+def without_onednn(fn):
+    """fn with torch.backends.mkldnn turned off: compact_mlp's CPU kernel then takes its ATen path."""
+
+    def run(*args):
+        saved = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            return fn(*args)
+        finally:
+            torch.backends.mkldnn.enabled = saved
+
+    return run
+
+
+def profiled_ops(fn, *args) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn(*args)
+    return {event.name for event in prof.events()}
+
+
+@requires_extension
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="torch built without oneDNN")
+def test_compact_mlp_cpu_fuses_epilogues_in_onednn_unless_turned_off():
+    x, w1, b1, w2, b2 = torch.randn(10, 6), torch.randn(9, 6), torch.randn(9), torch.randn(4, 9), torch.randn(4)
+    fused = profiled_ops(torch.ops.vbp.compact_mlp, x, w1, b1, w2, b2)
+    assert "mkldnn::_linear_pointwise" in fused and "aten::gelu_" not in fused and "aten::addmm" not in fused
+    aten = profiled_ops(without_onednn(torch.ops.vbp.compact_mlp), x, w1, b1, w2, b2)
+    assert "mkldnn::_linear_pointwise" not in aten and "aten::gelu_" in aten
+    fp16 = profiled_ops(torch.ops.vbp.compact_mlp, *(t.half() for t in (x, w1, b1, w2, b2)))
+    assert "mkldnn::_linear_pointwise" not in fp16
+
+
 @pytest.mark.parametrize(
     "impl",
     [
         pytest.param(lambda *a: torch.ops.vbp.compact_mlp(*a), marks=requires_extension, id="extension"),
+        pytest.param(without_onednn(torch.ops.vbp.compact_mlp), marks=requires_extension, id="extension-aten"),
         pytest.param(ops.compact_mlp_reference, id="reference"),
     ],
 )
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 3e-3)])
-@pytest.mark.parametrize("tokens", [(1,), (197,), (2, 197)])
-@pytest.mark.parametrize("n_in,hidden,n_out", [(768, 1382, 768), (384, 768, 384), (7, 13, 5)])
+@pytest.mark.parametrize("tokens", [(0,), (1,), (197,), (2, 197)])
+@pytest.mark.parametrize("n_in,hidden,n_out", [(768, 1382, 768), (384, 768, 384), (7, 13, 5), (7, 0, 5)])
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_compact_mlp_matches_float64(impl, dtype, tol, tokens, n_in, hidden, n_out, approximate):
     g = torch.Generator().manual_seed(n_in + hidden)
@@ -176,7 +209,8 @@ def test_compact_mlp_matches_float64(impl, dtype, tol, tokens, n_in, hidden, n_o
     got = impl(x, w1, b1, w2, b2, approximate)
     want = float64_mlp(x, w1, b1, w2, b2, approximate)
     assert got.shape == (*tokens, n_out) and got.dtype == dtype
-    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+    scale = want.abs().max().item() if want.numel() else 1.0
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * scale)
 
 
 @requires_extension
