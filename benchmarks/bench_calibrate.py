@@ -6,7 +6,6 @@
 import pytest
 import timm
 import torch
-
 import vbp
 
 

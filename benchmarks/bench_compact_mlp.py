@@ -11,12 +11,10 @@ timed in turn, one call each per round, so that a shared machine whose speed dri
 on CUDA each is timed by triton.testing.do_bench.
 """
 
-import statistics
-import time
-
 import pytest
 import torch
 import torch.nn.functional as F
+from timing import interleaved_medians_ms
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # DeiT-B/S at 55%/50% pruned, DeiT-B's 1382 padded to a multiple of 8 (zero neurons), and the full widths.
@@ -32,24 +30,11 @@ def eager(x, w1, b1, w2, b2):
 _compiled = torch.compile(eager, mode="max-autotune" if DEVICE == "cuda" else "default", dynamic=False)
 
 
-def interleaved_medians_ms(fns: dict, rounds: int) -> dict[str, float]:
-    """Median milliseconds of each no-argument callable, calling each once in turn per round (CPU)."""
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def medians_ms(fns: dict, rounds: int) -> dict[str, float]:
     if DEVICE == "cuda":
         from triton.testing import do_bench
 
         return {name: do_bench(fn, return_mode="median") for name, fn in fns.items()}
-    for fn in fns.values():
-        fn()  # warm-up
     return interleaved_medians_ms(fns, rounds)
 
 

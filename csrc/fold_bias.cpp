@@ -1,5 +1,6 @@
 // fold_bias on CPU (and its Meta kernel for torch.compile tracing).
-// Each output row is summed in float64 in the order of `pruned`: the same bits on every run.
+// Each output row is summed in float64 in a fixed order (four interleaved partial sums over `pruned`, so the
+// additions do not wait on one another, combined pairwise): the same bits on every run and thread count.
 #include "fold_bias.h"
 #include "index_checks.h"
 
@@ -42,11 +43,14 @@ at::Tensor fold_bias_cpu(const at::Tensor& w2, const at::Tensor& b2, const at::T
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n_out, 16, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
-        double acc = 0.0;
-        for (int64_t j = 0; j < n_pruned; ++j) {
-          acc += static_cast<double>(w[row * s0 + p[j] * s1]) * mu[j];
+        const scalar_t* w_row = w + row * s0;
+        double acc[4] = {0.0, 0.0, 0.0, 0.0};
+        int64_t j = 0;
+        for (; j + 4 <= n_pruned; j += 4) {
+          for (int u = 0; u < 4; ++u) acc[u] += static_cast<double>(w_row[p[j + u] * s1]) * mu[j + u];
         }
-        o[row] = static_cast<scalar_t>(static_cast<double>(b[row * sb]) + acc);
+        for (; j < n_pruned; ++j) acc[0] += static_cast<double>(w_row[p[j] * s1]) * mu[j];
+        o[row] = static_cast<scalar_t>(static_cast<double>(b[row * sb]) + ((acc[0] + acc[1]) + (acc[2] + acc[3])));
       }
     });
   });

@@ -70,6 +70,13 @@ def test_calibrate_prune_eval_chain_on_digits(tmp_path, capsys):
     assert main(["eval", "--pruned", str(out / "model.safetensors"), "--batch-size", "128"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["top1"] > 90
+    pruned = str(out / "model.safetensors")
+    assert main(["eval", "--pruned", pruned, "--batch-size", "128", "--compact", "--latency-batch", "64"]) == 0
+    compacted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert compacted["top1"] == result["top1"]  # CompactMlp computes the same function
+    assert compacted["latency_ms"] > 0 and compacted["speedup"] == pytest.approx(
+        compacted["reference_latency_ms"] / compacted["latency_ms"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -87,6 +94,7 @@ def test_calibrate_prune_eval_chain_on_digits(tmp_path, capsys):
             "data folder /nonexistent/images does not exist",
         ),
         (["eval", "--data", "synthetic"], "no labels"),
+        (["eval", "--latency-batch", "0"], "--latency-batch must be at least 1"),
     ],
 )
 def test_bad_input_is_a_clear_error(args, message, capsys):

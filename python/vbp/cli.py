@@ -10,12 +10,13 @@ import torch
 
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
+from .compact import compact
 from .criteria import CRITERIA
 from .data import dataset, loader
 from .digits import MODEL_NAME
 from .distributed import init_from_env, is_main_process, rank_and_world, shard, shutdown
 from .errors import VbpError
-from .evaluate import accuracy
+from .evaluate import accuracy, latency, latency_images
 from .files import check_writable
 from .finetune import FinetuneConfig, finetune
 from .models import create_model, model_kwargs, model_name
@@ -180,6 +181,8 @@ def _reference(args, pruned: torch.nn.Module) -> torch.nn.Module:
 def cmd_eval(args) -> None:
     if args.data == "synthetic":
         raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
+    if args.latency_batch is not None and args.latency_batch < 1:
+        raise VbpError(f"--latency-batch must be at least 1, got {args.latency_batch}")
     if args.pruned:
         model = load_pruned(args.pruned, args.device)
         reference = _reference(args, model)
@@ -190,10 +193,19 @@ def cmd_eval(args) -> None:
             check_ratio(args.ratio)
             model = _pruned(args, reference, _calibrated_stats(args, reference))[1]
     val = _data(args, reference, "test")
-    result = accuracy(model if model is not None else reference, val)
+    evaluated = model if model is not None else reference
+    if args.compact:
+        evaluated = compact(evaluated)
+    result = accuracy(evaluated, val)
     if model is not None:
         base = accuracy(reference, val, progress=False)
         result.update(reference_top1=base["top1"], retention_pct=100 * result["top1"] / base["top1"])
+    if args.latency_batch:
+        images = latency_images(val, args.latency_batch, args.device)
+        result["latency_ms"] = 1e3 * latency(evaluated, images)
+        if model is not None:
+            result["reference_latency_ms"] = 1e3 * latency(reference, images)
+            result["speedup"] = result["reference_latency_ms"] / result["latency_ms"]
     print(json.dumps(result))
 
 
@@ -296,6 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
         "reference is rebuilt from its timm name with --pretrained/--checkpoint",
     )
     p.add_argument("--ratio", type=float, help="prune --model at this ratio first (calibrating on the train split)")
+    p.add_argument(
+        "--compact", action="store_true", help="run the evaluated model's MLPs as vbp.CompactMlp (the native kernel)"
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        metavar="N",
+        help="also time a batch of N evaluation images (median), against the unpruned model when pruned",
+    )
     _add_pruning_args(p)
     p.set_defaults(func=cmd_eval)
 

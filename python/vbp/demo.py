@@ -12,7 +12,7 @@ from .compact import compact
 from .data import loader
 from .digits import MODEL_NAME, digits_split
 from .errors import VbpError
-from .evaluate import accuracy, latency
+from .evaluate import accuracy, latency, latency_images
 from .models import create_model
 from .ops import has_extension
 from .prune import prune
@@ -39,8 +39,7 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
     acc_full = accuracy(model, test, progress=False)["top1"]
     acc_pruned = accuracy(pruned, test, progress=False)["top1"]
     summary = summarize(model, pruned, MODEL_NAME, ratio)
-    test_images = test.dataset.tensors[0]
-    images = test_images.repeat(-(-LATENCY_BATCH // len(test_images)), 1, 1, 1)[:LATENCY_BATCH].to(device)
+    images = latency_images(test, LATENCY_BATCH, device)
     t_full, t_pruned = latency(model, images), latency(pruned, images)
     compacted = compact(copy.deepcopy(pruned))
     t_compact = latency(compacted, images)

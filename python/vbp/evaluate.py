@@ -32,6 +32,22 @@ def accuracy(
     return {f"top{k}": 100.0 * correct[k] / total for k in topk}
 
 
+def latency_images(data: Iterable, size: int, device: torch.device | str) -> torch.Tensor:
+    """A batch of `size` images [size, C, H, W] for latency runs: the images of `data`'s batches, cycled."""
+    if size < 1:
+        raise VbpError(f"the latency batch must hold at least one image, got {size}")
+    taken, count = [], 0
+    for images, _ in data:
+        taken.append(images)
+        count += len(images)
+        if count >= size:
+            break
+    if count == 0:
+        raise VbpError("the evaluation data yielded no images")
+    pool = torch.cat(taken)
+    return pool.repeat(-(-size // len(pool)), *([1] * (pool.dim() - 1)))[:size].to(device)
+
+
 @torch.inference_mode()
 def latency(model: nn.Module, images: torch.Tensor, min_run_time: float = 1.0) -> float:
     """Median wall time in seconds of model(images), by torch.utils.benchmark (warm-up and syncs included)."""

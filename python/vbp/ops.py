@@ -86,8 +86,9 @@ def compact_mlp_reference(
 def compact_mlp(
     x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str = "none"
 ) -> torch.Tensor:
-    """Inference forward of a (pruned) MLP: the extension's op (in-place GELU between two biased GEMMs)
-    when built, `compact_mlp_reference` otherwise. No autograd: use it under torch.no_grad/inference_mode."""
+    """Inference forward of a (pruned) MLP: the extension's op when built (on the CPU, oneDNN GEMMs with bias and
+    GELU fused into fc1's epilogue; on CUDA, biased cuBLAS GEMMs with GELU in place), `compact_mlp_reference`
+    otherwise. No autograd: use it under torch.no_grad/inference_mode."""
     if _HAS_EXTENSION:
         return torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2, approximate)
     return compact_mlp_reference(x, w1, b1, w2, b2, approximate)
