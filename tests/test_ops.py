@@ -95,6 +95,19 @@ def test_fold_bias_traces_on_meta_tensors():
     assert out.shape == (4,) and out.dtype == torch.bfloat16 and out.is_meta
 
 
+@requires_extension
+def test_slice_and_compact_mlp_trace_on_meta_tensors():
+    w1, b1, w2, b2 = (
+        torch.empty(*shape, device="meta", dtype=torch.bfloat16) for shape in ((9, 6), (9,), (4, 9), (4,))
+    )
+    keep = torch.empty(5, device="meta", dtype=torch.long)
+    w1k, b1k, w2k = torch.ops.vbp.slice_mlp(w1, b1, w2, keep)
+    assert (w1k.shape, b1k.shape, w2k.shape) == ((5, 6), (5,), (4, 5)) and w1k.is_meta
+    x = torch.empty(2, 7, 6, device="meta", dtype=torch.bfloat16)
+    y = torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2)
+    assert y.shape == (2, 7, 4) and y.dtype == torch.bfloat16 and y.is_meta
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or not ops.extension_has_cuda(), reason="needs a GPU and CUDA build")
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fold_bias_cuda_matches_cpu(dtype):
