@@ -1,12 +1,12 @@
 """compact_mlp against eager Linear-GELU-Linear and torch.compile of it, at pruned and full DeiT widths.
 
     .venv/bin/python -m pytest benchmarks/bench_compact_mlp.py --benchmark-only -s
-CPU: 197, 8*197 and 64*197 tokens (fp32, bf16). CUDA (when present): up to 256*197 tokens, and torch.compile in
-"max-autotune" mode. Issue 4's targets: H100 >= 1.3x eager at odd widths, >= parity with torch.compile;
+CPU: 197, 8*197 and 64*197 tokens (fp32, bf16). CUDA (when present): up to 256*197 tokens, torch.compile in
+"max-autotune" mode, and `vbp.ops.compact_mlp_triton` (fc1 + bias + GELU as one Triton kernel) besides. Issue 4's targets: H100 >= 1.3x eager at odd widths, >= parity with torch.compile;
 CPU faster than eager at every size.
 
 Each test prints one row: the median time of each implementation and compact_mlp's speed-up over the others
-(also in the JSON's extra_info); pytest-benchmark's own figure is compact_mlp's. On the CPU the three are
+(also in the JSON's extra_info); pytest-benchmark's own figure is compact_mlp's. On the CPU they are
 timed in turn, one call each per round, so that a shared machine whose speed drifts slows all of them alike;
 on CUDA each is timed by triton.testing.do_bench.
 """
@@ -56,6 +56,8 @@ def test_mlp_forward(benchmark, dtype, tokens, dim, hidden):
     ]
     args = [a.to(DEVICE, dtype) for a in args]
     impls = {"compact_mlp": lambda *a: torch.ops.vbp.compact_mlp(*a, "none"), "eager": eager, "compile": _compiled}
+    if DEVICE == "cuda":
+        impls["triton"] = lambda *a: vbp.ops.compact_mlp_triton(*a, "none")
 
     def runner(fn):
         def run():
@@ -71,9 +73,10 @@ def test_mlp_forward(benchmark, dtype, tokens, dim, hidden):
     speedups = {f"vs_{name}": ms[name] / ms["compact_mlp"] for name in ("eager", "compile")}
     benchmark.extra_info.update({"ms": ms, **speedups})
     benchmark.group = f"{dim}->{hidden}->{dim} {str(dtype)[6:]} {tokens} tokens"
+    # one Markdown row: the shape, each implementation's median ms, then compact_mlp's speed-ups
     print(
         f"\n| {dim}->{hidden}->{dim} | {str(dtype)[6:]} | {tokens} | "
-        + " | ".join(f"{ms[name]:.3g}" for name in impls)
+        + " | ".join(f"{name} {ms[name]:.3g}" for name in impls)
         + f" | {speedups['vs_eager']:.2f}x | {speedups['vs_compile']:.2f}x |"
     )
     benchmark.pedantic(runner(impls["compact_mlp"]), rounds=3, warmup_rounds=1)

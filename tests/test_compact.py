@@ -4,10 +4,13 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.layers import Mlp
 
 import vbp
 from conftest import random_batches, small_model
+
+device = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel runs interpreted on the CPU
 
 
 def test_compact_mlp_equals_timm_mlp_and_keeps_state_dict_keys():
@@ -36,6 +39,40 @@ def test_compact_swaps_the_sites_of_a_pruned_model(deit_tiny_small):
         torch.testing.assert_close(compacted(x), pruned(x), rtol=1e-5, atol=1e-5)
         traced = torch.compile(compacted, backend="aot_eager", fullgraph=True)
         torch.testing.assert_close(traced(x), pruned(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 1e-2)], ids=str)
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_triton_kernel_matches_float64(dtype, tol, approximate):
+    # fc1 + bias + GELU in one Triton kernel (interpreted on the CPU), fc2 a biased GEMM
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 29, 24, generator=g)
+    w1, b1 = torch.randn(37, 24, generator=g) / 24**0.5, torch.randn(37, generator=g)
+    w2, b2 = torch.randn(24, 37, generator=g) / 37**0.5, torch.randn(24, generator=g)
+    args = [t.to(device, dtype) for t in (x, w1, b1, w2, b2)]
+    got = vbp.ops.compact_mlp_triton(*args, approximate)
+    h = F.gelu(args[0].double() @ args[1].double().t() + args[2].double(), approximate=approximate)
+    want = h @ args[3].double().t() + args[4].double()
+    assert got.shape == (2, 29, 24) and got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_compact_with_the_triton_kernel_equals_the_native_one(deit_tiny_small):
+    x = random_batches(1, 2, (3, 32, 32), seed=5)[0].to(device)
+    native = vbp.compact(copy.deepcopy(deit_tiny_small).to(device))
+    triton_run = vbp.compact(copy.deepcopy(deit_tiny_small).to(device), kernel="triton")
+    assert all(b.mlp.kernel == "triton" for b in triton_run.blocks)
+    with torch.inference_mode():
+        torch.testing.assert_close(triton_run(x), native(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(vbp.VbpError, match="kernel must be one of"):
+        vbp.compact(deit_tiny_small, kernel="cutlass")
+
+
+def test_triton_kernel_refuses_cpu_tensors_when_not_interpreted(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    x, w1, b1, w2, b2 = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5), torch.randn(4, 5), torch.randn(4)
+    with pytest.raises(vbp.VbpError, match="runs on CUDA tensors"):
+        vbp.ops.compact_mlp_triton(x, w1, b1, w2, b2)
 
 
 def test_conv_sites_are_left_alone():

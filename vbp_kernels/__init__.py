@@ -4,6 +4,8 @@ Importing this package imports Triton. On machines without a GPU the kernels run
 TRITON_INTERPRET=1 (set before the first import), which the tests use.
 """
 
-from .gelu_welford import ACTIVATIONS, activation_moments
+from .activation import ACTIVATIONS
+from .gelu_welford import activation_moments
+from .linear_activation import linear_activation
 
-__all__ = ["ACTIVATIONS", "activation_moments"]
+__all__ = ["ACTIVATIONS", "activation_moments", "linear_activation"]

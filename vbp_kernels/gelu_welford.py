@@ -15,20 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
-_SQRT_HALF = 0.7071067811865476
-_SQRT_2_OVER_PI = 0.7978845608028654
-
-
-@triton.jit
-def _activate(x, ACT: tl.constexpr):
-    if ACT == 1:  # exact GELU, as nn.GELU() and timm's models
-        return 0.5 * x * (1.0 + tl.math.erf(x * _SQRT_HALF))
-    elif ACT == 2:  # nn.GELU(approximate="tanh"); tanh(u) = 1 - 2 / (exp(2u) + 1)
-        u = _SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)
-        return 0.5 * x * (2.0 - 2.0 / (tl.exp(2.0 * u) + 1.0))
-    else:
-        return x
+from .activation import ACTIVATIONS, activate
 
 
 @triton.jit
@@ -62,7 +49,7 @@ def _gelu_welford_kernel(
     row_end = tl.minimum(row_start + rows_per_program, n_rows)
     first = row_start.to(tl.int64)
     first_off = (first // inner) * sx_outer + (first % inner) * sx_inner + cols.to(tl.int64) * sx_c
-    shift = _activate(tl.load(x_ptr + first_off, mask=col_mask, other=0.0).to(tl.float32), ACT)
+    shift = activate(tl.load(x_ptr + first_off, mask=col_mask, other=0.0).to(tl.float32), ACT)
     count = tl.zeros([BLOCK_C], dtype=tl.float32)
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
     m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -73,7 +60,7 @@ def _gelu_welford_kernel(
         outer, within = rows // inner, rows % inner
         x_off = (outer * sx_outer + within * sx_inner)[:, None] + cols[None, :].to(tl.int64) * sx_c
         x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(tl.float32)
-        h = _activate(x, ACT)
+        h = activate(x, ACT)
         if WRITE_Y:
             y_off = (outer * sy_outer + within * sy_inner)[:, None] + cols[None, :].to(tl.int64) * sy_c
             tl.store(y_ptr + y_off, h.to(y_ptr.dtype.element_ty), mask=mask)

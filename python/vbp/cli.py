@@ -10,7 +10,7 @@ import torch
 
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
-from .compact import compact
+from .compact import KERNELS, compact
 from .criteria import CRITERIA
 from .data import dataset, loader
 from .digits import MODEL_NAME
@@ -195,7 +195,7 @@ def cmd_eval(args) -> None:
     val = _data(args, reference, "test")
     evaluated = model if model is not None else reference
     if args.compact:
-        evaluated = compact(evaluated)
+        evaluated = compact(evaluated, args.compact)
     result = accuracy(evaluated, val)
     if model is not None:
         base = accuracy(reference, val, progress=False)
@@ -309,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ratio", type=float, help="prune --model at this ratio first (calibrating on the train split)")
     p.add_argument(
-        "--compact", action="store_true", help="run the evaluated model's MLPs as vbp.CompactMlp (the native kernel)"
+        "--compact",
+        nargs="?",
+        const="native",
+        choices=list(KERNELS),
+        help="run the evaluated model's MLPs as vbp.CompactMlp, with the native kernel (default) or the Triton one",
     )
     p.add_argument(
         "--latency-batch",

@@ -4,6 +4,7 @@ Both paths give the same results (tests compare them); `has_extension()` says wh
 """
 
 import importlib.util
+import os
 import warnings
 
 import torch
@@ -92,3 +93,23 @@ def compact_mlp(
     if _HAS_EXTENSION:
         return torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2, approximate)
     return compact_mlp_reference(x, w1, b1, w2, b2, approximate)
+
+
+def compact_mlp_triton(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str = "none"
+) -> torch.Tensor:
+    """The same MLP with fc1, its bias and GELU in one Triton kernel (`vbp_kernels.linear_activation`, the GELU
+    in fc1's epilogue) and fc2 as one biased GEMM (cuBLAS on CUDA). For CUDA tensors, or CPU tensors under
+    TRITON_INTERPRET=1. x: [..., in] -> [..., out]; no autograd."""
+    from vbp_kernels import linear_activation
+
+    if approximate not in ("none", "tanh"):
+        raise VbpError(f"approximate must be 'none' or 'tanh', got '{approximate}'")
+    if x.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise VbpError(
+            f"the Triton MLP kernel runs on CUDA tensors, got {x.device} (TRITON_INTERPRET=1 runs it interpreted on "
+            "the CPU, slowly); use the native kernel there"
+        )
+    rows = x.reshape(-1, x.shape[-1])
+    hidden = linear_activation(rows, w1, b1, "gelu" if approximate == "none" else "gelu_tanh")
+    return torch.addmm(b2, hidden, w2.t()).view(*x.shape[:-1], w2.shape[0])
