@@ -14,7 +14,8 @@ on CUDA each is timed by triton.testing.do_bench.
 import pytest
 import torch
 import torch.nn.functional as F
-from timing import interleaved_medians_ms
+
+from vbp.evaluate import interleaved_medians
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # DeiT-B/S at 55%/50% pruned, DeiT-B's 1382 padded to a multiple of 8 (zero neurons), and the full widths.
@@ -35,7 +36,7 @@ def medians_ms(fns: dict, rounds: int) -> dict[str, float]:
         from triton.testing import do_bench
 
         return {name: do_bench(fn, return_mode="median") for name, fn in fns.items()}
-    return interleaved_medians_ms(fns, rounds)
+    return {name: 1e3 * t for name, t in interleaved_medians(fns, rounds).items()}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

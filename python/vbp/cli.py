@@ -16,7 +16,7 @@ from .data import dataset, loader
 from .digits import MODEL_NAME
 from .distributed import init_from_env, is_main_process, rank_and_world, shard, shutdown
 from .errors import VbpError
-from .evaluate import accuracy, latency, latency_images
+from .evaluate import accuracy, latencies, latency_images
 from .files import check_writable
 from .finetune import FinetuneConfig, finetune
 from .models import create_model, model_kwargs, model_name
@@ -202,10 +202,12 @@ def cmd_eval(args) -> None:
         result.update(reference_top1=base["top1"], retention_pct=100 * result["top1"] / base["top1"])
     if args.latency_batch:
         images = latency_images(val, args.latency_batch, args.device)
-        result["latency_ms"] = 1e3 * latency(evaluated, images)
+        timed = {"model": evaluated} if model is None else {"model": evaluated, "reference": reference}
+        times = latencies(timed, images)
+        result["latency_ms"] = 1e3 * times["model"]
         if model is not None:
-            result["reference_latency_ms"] = 1e3 * latency(reference, images)
-            result["speedup"] = result["reference_latency_ms"] / result["latency_ms"]
+            result["reference_latency_ms"] = 1e3 * times["reference"]
+            result["speedup"] = times["reference"] / times["model"]
     print(json.dumps(result))
 
 

@@ -12,7 +12,7 @@ from .compact import compact
 from .data import loader
 from .digits import MODEL_NAME, digits_split
 from .errors import VbpError
-from .evaluate import accuracy, latency, latency_images
+from .evaluate import accuracy, latencies, latency_images
 from .models import create_model
 from .ops import has_extension
 from .prune import prune
@@ -40,9 +40,9 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
     acc_pruned = accuracy(pruned, test, progress=False)["top1"]
     summary = summarize(model, pruned, MODEL_NAME, ratio)
     images = latency_images(test, LATENCY_BATCH, device)
-    t_full, t_pruned = latency(model, images), latency(pruned, images)
     compacted = compact(copy.deepcopy(pruned))
-    t_compact = latency(compacted, images)
+    times = latencies({"full": model, "pruned": pruned, "compact": compacted}, images)
+    t_full, t_pruned, t_compact = times["full"], times["pruned"], times["compact"]
     with torch.inference_mode():
         compact_diff = (compacted(images) - pruned(images)).abs().max().item()
 
@@ -72,7 +72,7 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
         print(f"{label:22}{full:12.2f}{after:12.2f}{change(after, full):>10}")
     print(
         f"{f'latency, batch {LATENCY_BATCH} (ms)':22}{t_full * 1e3:12.3f}{t_pruned * 1e3:12.3f}"
-        f"   speed-up {t_full / t_pruned:.2f}x (median, {torch.get_num_threads()} CPU threads)"
+        f"   speed-up {t_full / t_pruned:.2f}x (median of runs in turn, {torch.get_num_threads()} CPU threads)"
     )
     mlp_kernel = "native compact_mlp" if has_extension() else "PyTorch fallback: vbp._C not built"
     print(

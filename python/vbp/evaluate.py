@@ -1,7 +1,9 @@
-"""Measure a model: top-k accuracy on labelled data, and latency of one batch."""
+"""Measure models: top-k accuracy on labelled data, and latency of one batch."""
 
-import logging
-from typing import Iterable
+import statistics
+import time
+from functools import partial
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -48,15 +50,32 @@ def latency_images(data: Iterable, size: int, device: torch.device | str) -> tor
     return pool.repeat(-(-size // len(pool)), *([1] * (pool.dim() - 1)))[:size].to(device)
 
 
-@torch.inference_mode()
-def latency(model: nn.Module, images: torch.Tensor, min_run_time: float = 1.0) -> float:
-    """Median wall time in seconds of model(images), by torch.utils.benchmark (warm-up and syncs included)."""
-    # torch.utils.benchmark imports cpp_extension, which logs a CUDA_HOME warning on machines without CUDA.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import benchmark
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, float]:
+    """Median seconds of each no-argument callable, after one warm-up call each.
 
-    model.eval()
-    timer = benchmark.Timer(
-        stmt="model(images)", globals={"model": model, "images": images}, num_threads=torch.get_num_threads()
-    )
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+    The callables run once each in turn per round, so that a machine whose speed drifts during the run slows
+    all of them alike (timing each in a block of its own would bias their ratio). `sync` waits for queued
+    device work (torch.cuda.synchronize on CUDA).
+    """
+    for fn in fns.values():
+        fn()
+    sync()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+@torch.inference_mode()
+def latencies(models: dict[str, nn.Module], images: torch.Tensor, rounds: int = 7) -> dict[str, float]:
+    """Median seconds of model(images) for each model (eval mode), timed in turn: see `interleaved_medians`."""
+    for model in models.values():
+        model.eval()
+    sync = torch.cuda.synchronize if images.is_cuda else lambda: None
+    return interleaved_medians({name: partial(model, images) for name, model in models.items()}, rounds, sync)
