@@ -155,6 +155,21 @@ def test_calibrate_under_torchrun_equals_one_process(tmp_path):
     assert not list(tmp_path.glob("*.partial*"))
 
 
+def test_eval_under_torchrun_sums_the_ranks_counts(tmp_path, capsys):
+    model = vbp.create_model("vbp_digits_vit", pretrained=True)
+    stats = vbp.calibrate(model, vbp.data.loader(vbp.digits_split("train"), 512), progress=False)
+    vbp.save_pruned(vbp.prune(model, vbp.select(stats, 0.6), stats), tmp_path / "pruned.safetensors")
+    args = ["eval", "--pruned", str(tmp_path / "pruned.safetensors"), "--batch-size", "64"]
+    done = run_torchrun(29543, *args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(printed) == 1  # rank 0 alone reports
+    assert main(args) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    two = json.loads(printed[0])
+    assert (two["top1"], two["top5"], two["reference_top1"]) == (one["top1"], one["top5"], one["reference_top1"])
+
+
 def test_image_folder_and_checkpoint_loading_on_local_files(tmp_path, capsys):
     from PIL import Image
     from safetensors.torch import save_file

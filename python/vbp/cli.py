@@ -14,7 +14,7 @@ from .compact import KERNELS, compact
 from .criteria import CRITERIA
 from .data import dataset, loader
 from .digits import MODEL_NAME
-from .distributed import init_from_env, is_main_process, rank_and_world, shard, shutdown
+from .distributed import init_from_env, rank_and_world, shard, shutdown
 from .errors import VbpError
 from .evaluate import accuracy, latencies, latency_images
 from .files import check_writable
@@ -141,7 +141,7 @@ def cmd_calibrate(args) -> None:
         stats = _calibrate(args, model, checkpoint=partial, checkpoint_every=args.checkpoint_every, resume=args.resume)
     finally:
         shutdown()
-    if is_main_process():
+    if rank == 0:
         stats.save(args.stats)
         samples = next(iter(stats.sites.values())).count
         print(
@@ -183,6 +183,18 @@ def cmd_eval(args) -> None:
         raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
     if args.latency_batch is not None and args.latency_batch < 1:
         raise VbpError(f"--latency-batch must be at least 1, got {args.latency_batch}")
+    args.device = init_from_env(args.device)
+    rank, _ = rank_and_world()
+    try:
+        result = _evaluate(args)
+    finally:
+        shutdown()
+    if rank == 0:
+        print(json.dumps(result))
+
+
+def _evaluate(args) -> dict:
+    """cmd_eval's measurements; under torchrun every rank evaluates its shard and the counts are summed."""
     if args.pruned:
         model = load_pruned(args.pruned, args.device)
         reference = _reference(args, model)
@@ -208,7 +220,7 @@ def cmd_eval(args) -> None:
         if model is not None:
             result["reference_latency_ms"] = 1e3 * times["reference"]
             result["speedup"] = times["reference"] / times["model"]
-    print(json.dumps(result))
+    return result
 
 
 def cmd_finetune(args) -> None:
@@ -224,6 +236,7 @@ def cmd_finetune(args) -> None:
     output = Path(args.output)
     check_writable(output / "model.safetensors")
     args.device = init_from_env(args.device)
+    rank, _ = rank_and_world()
     student = load_pruned(args.pruned, args.device)
     teacher = None
     if not args.no_kd:
@@ -237,7 +250,7 @@ def cmd_finetune(args) -> None:
         history = finetune(student, train, val, config, teacher=teacher, output=output, resume=args.resume)
     finally:
         shutdown()
-    if is_main_process():
+    if rank == 0:
         save_pruned(student, output / "model.safetensors")
         print(json.dumps(history[-1]))
         print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")

@@ -33,10 +33,6 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -47,6 +43,17 @@ def shard(data: Dataset) -> Dataset:
     with repeated items, so statistics merged over the ranks are those of the data set itself."""
     rank, world = rank_and_world()
     return data if world == 1 else Subset(data, range(rank, len(data), world))
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Element-wise sums of `values` over all ranks (float64); `values` itself outside torch.distributed."""
+    _, world = rank_and_world()
+    if world == 1:
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
 
 
 def all_gather_stats(stats: Stats) -> Stats:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .distributed import all_reduce_sum
 from .errors import VbpError
 from .models import model_device
 
@@ -17,7 +18,10 @@ from .models import model_device
 def accuracy(
     model: nn.Module, data: Iterable, topk: tuple[int, ...] = (1, 5), progress: bool = True
 ) -> dict[str, float]:
-    """Top-k accuracy in percent, e.g. {"top1": 97.2, "top5": 100.0}, over (images, labels) batches."""
+    """Top-k accuracy in percent, e.g. {"top1": 97.2, "top5": 100.0}, over (images, labels) batches.
+
+    Under torch.distributed each rank passes its shard of the data and the counts are summed over the ranks.
+    """
     model.eval()
     device = model_device(model)
     correct = {k: 0 for k in topk}
@@ -29,9 +33,10 @@ def accuracy(
         for k in topk:
             correct[k] += (ranked[:, :k] == labels[:, None]).any(dim=-1).sum().item()
         total += labels.numel()
+    total, *hits = all_reduce_sum([total, *(correct[k] for k in topk)])
     if total == 0:
         raise VbpError("the evaluation data yielded no images")
-    return {f"top{k}": 100.0 * correct[k] / total for k in topk}
+    return {f"top{k}": 100.0 * n / total for k, n in zip(topk, hits)}
 
 
 def latency_images(data: Iterable, size: int, device: torch.device | str) -> torch.Tensor:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .data import loader, loader_workers
 from .distill import kd_loss
-from .distributed import rank_and_world
+from .distributed import rank_and_world, shard
 from .errors import VbpError
 from .evaluate import accuracy
 from .files import atomic_path, write_csv_atomic, write_text_atomic
@@ -171,7 +171,7 @@ def finetune(
             "seconds": time.perf_counter() - started,
         }
         if val is not None:
-            row.update(accuracy(student, loader(val, config.batch_size * 2), progress=False))
+            row.update(accuracy(student, loader(shard(val), config.batch_size * 2), progress=False))
         history.append(row)
         if output and rank == 0:
             _write_epoch(Path(output), student, optimizer, scheduler, generator, history, config)
