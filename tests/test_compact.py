@@ -75,6 +75,22 @@ def test_triton_kernel_refuses_cpu_tensors_when_not_interpreted(monkeypatch):
         vbp.ops.compact_mlp_triton(x, w1, b1, w2, b2)
 
 
+@pytest.mark.parametrize(
+    "name,kwargs,size",
+    [
+        ("convnext_tiny", {"depths": (1, 1, 1, 1)}, 64),  # Linear MLPs on channels-last [B, H, W, C] maps
+        ("swin_tiny_patch4_window7_224", {"depths": (1, 1, 1, 1), "img_size": 112}, 112),
+    ],
+)
+def test_compact_convnext_and_swin(name, kwargs, size):
+    model = small_model(name, **kwargs)
+    compacted = vbp.compact(copy.deepcopy(model))
+    assert sum(isinstance(m, vbp.CompactMlp) for m in compacted.modules()) == len(vbp.find_sites(model))
+    x = random_batches(1, 2, (3, size, size), seed=6)[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(compacted(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_sites_are_left_alone():
     model = small_model("convnext_atto", conv_mlp=True)
     vbp.compact(model)
