@@ -4,8 +4,10 @@ import triton
 import triton.language as tl
 
 ACTIVATIONS = {"none": 0, "gelu": 1, "gelu_tanh": 2}
-_SQRT_HALF = 0.7071067811865476
-_SQRT_2_OVER_PI = 0.7978845608028654
+# Globals a jit function reads must be tl.constexpr: compiled Triton refuses plain floats (the interpreter
+# does not check this).
+_SQRT_HALF = tl.constexpr(0.7071067811865476)
+_SQRT_2_OVER_PI = tl.constexpr(0.7978845608028654)
 
 
 @triton.jit
