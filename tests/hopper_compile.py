@@ -2,11 +2,15 @@
 
 Run as a script (`python tests/hopper_compile.py`), in a process without TRITON_INTERPRET: under the
 interpreter @triton.jit gives functions that cannot be compiled. Prints one JSON line per compiled variant:
-{"kernel", "variant", "wgmma", "mma_sync", "shared_bytes"}; a kernel that does not compile raises.
+{"kernel", "variant", "wgmma", "mma_sync", "shared_bytes", "registers", "local_bytes"}; a kernel that does not compile raises.
 """
 
 import json
 import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -16,6 +20,7 @@ from vbp_kernels.gelu_welford import _gelu_welford_kernel
 from vbp_kernels.linear_activation import _linear_activation_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
 
 
 def compile_for_hopper(
@@ -34,19 +39,27 @@ def compile_for_hopper(
     return triton.compile(source, target=HOPPER, options={"num_warps": num_warps, "num_stages": num_stages})
 
 
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """Registers and local-memory bytes (spills) per thread, from cuobjdump -res-usage (Triton bundles it)."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([str(CUOBJDUMP), "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    usage = dict(re.findall(r"(REG|LOCAL):(\d+)", out))
+    return {"registers": int(usage["REG"]), "local_bytes": int(usage["LOCAL"])}
+
+
 def report(kernel_name: str, variant: str, compiled) -> None:
     ptx = compiled.asm["ptx"]
-    print(
-        json.dumps(
-            {
-                "kernel": kernel_name,
-                "variant": variant,
-                "wgmma": "wgmma.mma_async" in ptx,
-                "mma_sync": "mma.sync" in ptx,
-                "shared_bytes": compiled.metadata.shared,
-            }
-        )
-    )
+    row = {
+        "kernel": kernel_name,
+        "variant": variant,
+        "wgmma": "wgmma.mma_async" in ptx,
+        "mma_sync": "mma.sync" in ptx,
+        "shared_bytes": compiled.metadata.shared,
+        **resource_usage(compiled.asm["cubin"]),
+    }
+    print(json.dumps(row))
 
 
 def main() -> None:

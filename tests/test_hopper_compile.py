@@ -1,4 +1,5 @@
-"""vbp's Triton kernels compile for Hopper (sm_90) without a GPU, use its tensor cores and pipeline their loads.
+"""vbp's Triton kernels compile for Hopper (sm_90) without a GPU, use its tensor cores, pipeline their loads and
+spill nothing.
 
 Triton's interpreter, which runs the numerical tests on machines without a GPU, does not check what the
 compiler checks (it once let a kernel read a plain float global that compiled Triton rejects), so this
@@ -26,6 +27,10 @@ def compiled() -> list[dict]:
 def test_every_variant_compiles(compiled):
     kinds = [(row["kernel"], row["variant"]) for row in compiled]
     assert len(kinds) == len(set(kinds)) == 3 * 3 + 1 + 3 * 2  # linear: 3 dtypes x 3 activations + fp32 IEEE
+
+
+def test_no_variant_spills_registers(compiled):
+    assert all(row["local_bytes"] == 0 for row in compiled), [row for row in compiled if row["local_bytes"]]
 
 
 def test_linear_activation_runs_on_tensor_cores_with_pipelined_loads(compiled):
