@@ -44,14 +44,15 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
     times = latencies({"full": model, "pruned": pruned, "compact": compacted}, images)
     t_full, t_pruned, t_compact = times["full"], times["pruned"], times["compact"]
     with torch.inference_mode():
-        compact_diff = (compacted(images) - pruned(images)).abs().max().item()
+        pruned_out = pruned(images)
+        compact_diff = (compacted(images) - pruned_out).abs().max().item()
 
     path = output / "model.safetensors"
     save_pruned(pruned, path)
     plan.save(output / "plan.json")
     reloaded = load_pruned(path, device)
     with torch.inference_mode():
-        max_diff = (reloaded(images) - pruned(images)).abs().max().item()
+        max_diff = (reloaded(images) - pruned_out).abs().max().item()
     if max_diff != 0:
         raise VbpError(f"the reloaded model differs from the pruned one (max abs difference {max_diff})")
 

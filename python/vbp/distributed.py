@@ -45,13 +45,17 @@ def shard(data: Dataset) -> Dataset:
     return data if world == 1 else Subset(data, range(rank, len(data), world))
 
 
+def _collective_device(default: torch.device | str) -> torch.device | str:
+    """Where a tensor must be for the process group's collectives: this rank's GPU under NCCL, else `default`."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else default
+
+
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Element-wise sums of `values` over all ranks (float64); `values` itself outside torch.distributed."""
     _, world = rank_and_world()
     if world == 1:
         return values
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    total = torch.tensor(values, dtype=torch.float64, device=device)
+    total = torch.tensor(values, dtype=torch.float64, device=_collective_device("cpu"))
     dist.all_reduce(total)
     return total.tolist()
 
@@ -65,9 +69,7 @@ def all_gather_stats(stats: Stats) -> Stats:
     if world == 1:
         return stats
     names = list(stats.sites)
-    device = next(iter(stats.sites.values())).mean.device
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = _collective_device(next(iter(stats.sites.values())).mean.device)
     # one float64 vector per rank: [batches, images, then per site: count, skipped, mean..., m2...]
     parts = [torch.tensor([stats.batches, stats.images], dtype=torch.float64)]
     for n in names:
