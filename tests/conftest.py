@@ -28,6 +28,12 @@ def random_batches(n: int, batch: int, input_size, seed: int = 0, dtype=torch.fl
     return [torch.randn(batch, *input_size, generator=g, dtype=dtype) for _ in range(n)]
 
 
+def float64_mlp(x, w1, b1, w2, b2, approximate="none") -> torch.Tensor:
+    """fc2(GELU(fc1(x))) in float64: the reference for the compact MLP kernels."""
+    h = torch.nn.functional.gelu(x.double() @ w1.double().t() + b1.double(), approximate=approximate)
+    return h @ w2.double().t() + b2.double()
+
+
 def mean_replaced(model: torch.nn.Module, plan: vbp.Plan, stats: vbp.Stats) -> torch.nn.Module:
     """A copy of the unpruned model whose pruned neurons output their calibration mean instead."""
     ref = copy.deepcopy(model)

@@ -20,7 +20,7 @@ from vbp_kernels.gelu_welford import _gelu_welford_kernel
 from vbp_kernels.linear_activation import _linear_activation_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
-CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"  # Triton bundles it
 
 
 def compile_for_hopper(

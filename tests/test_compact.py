@@ -4,11 +4,10 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from timm.layers import Mlp
 
 import vbp
-from conftest import random_batches, small_model
+from conftest import float64_mlp, random_batches, small_model
 
 device = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel runs interpreted on the CPU
 
@@ -51,8 +50,7 @@ def test_triton_kernel_matches_float64(dtype, tol, approximate):
     w2, b2 = torch.randn(24, 37, generator=g) / 37**0.5, torch.randn(24, generator=g)
     args = [t.to(device, dtype) for t in (x, w1, b1, w2, b2)]
     got = vbp.ops.compact_mlp_triton(*args, approximate)
-    h = F.gelu(args[0].double() @ args[1].double().t() + args[2].double(), approximate=approximate)
-    want = h @ args[3].double().t() + args[4].double()
+    want = float64_mlp(*args, approximate)
     assert got.shape == (2, 29, 24) and got.dtype == dtype
     torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * want.abs().max().item())
 

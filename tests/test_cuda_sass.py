@@ -1,14 +1,12 @@
 """What the CUDA kernels of vbp._C compile to, read from the built extension's SASS (no GPU needed)."""
 
 import subprocess
-from pathlib import Path
 
 import pytest
-import triton
+from hopper_compile import CUOBJDUMP
 
 from vbp import ops
 
-CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"  # Triton bundles it
 
 pytestmark = pytest.mark.skipif(
     not ops.extension_has_cuda() or not CUOBJDUMP.exists(), reason="needs vbp._C built with CUDA, and cuobjdump"

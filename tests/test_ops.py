@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from conftest import float64_mlp
 from vbp import ops
 
 requires_extension = pytest.mark.skipif(
@@ -160,11 +161,6 @@ def test_slice_mlp_rejects_bad_input(bad, message):
     args = bad(torch.randn(6, 4), torch.randn(6), torch.randn(3, 6), torch.tensor([0, 5]))
     with pytest.raises(RuntimeError, match=message):
         torch.ops.vbp.slice_mlp(*args)
-
-
-def float64_mlp(x, w1, b1, w2, b2, approximate="none"):
-    h = torch.nn.functional.gelu(x.double() @ w1.double().t() + b1.double(), approximate=approximate)
-    return h @ w2.double().t() + b2.double()
 
 
 def without_onednn(fn):
