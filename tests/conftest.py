@@ -34,6 +34,31 @@ def float64_mlp(x, w1, b1, w2, b2, approximate="none") -> torch.Tensor:
     return h @ w2.double().t() + b2.double()
 
 
+def assert_close_to_scale(got: torch.Tensor, want: torch.Tensor, ulps: float = 256) -> None:
+    """Outputs of two implementations of the same computation in got.dtype agree to `ulps` units of its epsilon
+    relative to the largest output: GEMMs of another blocking, library or thread count round differently,
+    by a few epsilon of the accumulated magnitude, on every CPU."""
+    tol = ulps * torch.finfo(got.dtype).eps
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol * float(want.abs().max()))
+
+
+def assert_stats_close(got: vbp.Stats, want: vbp.Stats, dtype: torch.dtype, ulps: float = 256) -> None:
+    """Two calibrations of one model on the same data in `dtype`, differently batched or threaded, agree.
+
+    Their activations differ only by GEMM rounding, a few units of `dtype`'s epsilon relative to each site's
+    largest activation (then squared for the variance); `ulps` of slack covers the depth of the network.
+    The tolerance is absolute per site: relative error is meaningless for a neuron whose mean is near 0.
+    """
+    eps = torch.finfo(dtype).eps
+    assert got.sites.keys() == want.sites.keys()
+    for site in want.sites:
+        assert got.sites[site].count == want.sites[site].count
+        mean, var = want.mean(site), want.variance(site)
+        scale = float(mean.abs().max() + var.max().sqrt())
+        torch.testing.assert_close(got.mean(site), mean, rtol=0, atol=ulps * eps * scale)
+        torch.testing.assert_close(got.variance(site), var, rtol=0, atol=2 * ulps * eps * scale**2)
+
+
 def mean_replaced(model: torch.nn.Module, plan: vbp.Plan, stats: vbp.Stats) -> torch.nn.Module:
     """A copy of the unpruned model whose pruned neurons output their calibration mean instead."""
     ref = copy.deepcopy(model)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vbp
-from conftest import run_torchrun
+from conftest import assert_stats_close, run_torchrun
 from vbp.cli import main
 
 
@@ -149,9 +149,8 @@ def test_calibrate_under_torchrun_equals_one_process(tmp_path):
     assert main(["calibrate", "--batch-size", "100", "--stats", str(tmp_path / "one.safetensors")]) == 0
     two, one = vbp.Stats.load(tmp_path / "two.safetensors"), vbp.Stats.load(tmp_path / "one.safetensors")
     assert two.images == one.images == 1437
-    # The ranks run other batch compositions, and fp32 GEMMs round slightly differently per batch shape.
-    for site in one.sites:
-        torch.testing.assert_close(two.variance(site), one.variance(site), rtol=1e-6, atol=1e-9)
+    # The ranks run other batch shapes on one thread each: their fp32 GEMMs round differently.
+    assert_stats_close(two, one, torch.float32)
     assert not list(tmp_path.glob("*.partial*"))
 
 
