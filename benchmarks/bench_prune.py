@@ -36,10 +36,11 @@ def deit_base():
 
 def site_tensors(model, stats, plan):
     """Per site: (w1, b1, w2, b2, mean, kept, pruned), index tensors made once, outside the timing."""
-    return [
-        (s.fc1.weight, s.fc1.bias, s.fc2.weight, s.fc2.bias, stats.mean(s.name), plan.kept(s.name), plan.pruned(s.name))
-        for s in vbp.find_sites(model)
-    ]
+    tensors = []
+    for s in vbp.find_sites(model):
+        [(w1, b1)], (w2, b2) = s.producer_weights(), s.consumer_weights()
+        tensors.append((w1, b1, w2, b2, stats.mean(s.name), plan.kept(s.name), plan.pruned(s.name)))
+    return tensors
 
 
 def test_slice_and_fold_deit_base(benchmark, deit_base):

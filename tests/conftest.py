@@ -60,21 +60,22 @@ def assert_stats_close(got: vbp.Stats, want: vbp.Stats, dtype: torch.dtype, ulps
 
 
 def mean_replaced(model: torch.nn.Module, plan: vbp.Plan, stats: vbp.Stats) -> torch.nn.Module:
-    """A copy of the unpruned model whose pruned neurons output their calibration mean instead."""
+    """A copy of the unpruned model whose pruned neurons' hidden values are held at their calibration mean
+    (replaced in the consumer's input, so it works for every family, gated MLPs included)."""
     ref = copy.deepcopy(model)
     for site in vbp.find_sites(ref):
         pruned, mean = plan.pruned(site.name), stats.mean(site.name)
 
-        def hold_at_mean(module, inputs, out, pruned=pruned, mean=mean, dim=site.channel_dim):
-            out = out.clone()
-            index = [slice(None)] * out.dim()
+        def hold_at_mean(module, inputs, pruned=pruned, mean=mean, dim=site.channel_dim):
+            h = inputs[0].clone()
+            index = [slice(None)] * h.dim()
             index[dim] = pruned
-            shape = [1] * out.dim()
+            shape = [1] * h.dim()
             shape[dim] = -1
-            out[tuple(index)] = mean[pruned].to(out.dtype).reshape(shape)
-            return out
+            h[tuple(index)] = mean[pruned].to(h.dtype).reshape(shape)
+            return (h, *inputs[1:])
 
-        site.act.register_forward_hook(hold_at_mean)
+        site.consumer_layer.register_forward_pre_hook(hold_at_mean)
     return ref
 
 

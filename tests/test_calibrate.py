@@ -16,7 +16,7 @@ def reference_stats(model, batches):
         def keep(module, inputs, out, name=s.name, dim=s.channel_dim):
             seen[name].append(out.detach().movedim(dim, -1).reshape(-1, out.shape[dim]).double())
 
-        hooks.append(s.act.register_forward_hook(keep))
+        hooks.append(s.activation.register_forward_hook(keep))
     with torch.no_grad():
         for b in batches:
             model(b)
@@ -67,11 +67,11 @@ def test_non_finite_activations_name_site_and_batch(deit_tiny_small):
     batches[1][0, 0, 0, 0] = float("nan")
     with pytest.raises(vbp.VbpError, match=r"'blocks\.0\.mlp' in calibration batch 1"):
         vbp.calibrate(deit_tiny_small, batches, progress=False)
-    assert not deit_tiny_small.blocks[0].mlp.act._forward_hooks  # hooks removed after a failure
+    assert not deit_tiny_small.blocks[0].mlp.fc2._forward_pre_hooks  # hooks removed after a failure
 
 
 def test_empty_data_and_bad_limits(deit_tiny_small):
-    with pytest.raises(vbp.VbpError, match="no images"):
+    with pytest.raises(vbp.VbpError, match="no inputs"):
         vbp.calibrate(deit_tiny_small, [], progress=False)
     with pytest.raises(vbp.VbpError, match="num_batches"):
         vbp.calibrate(deit_tiny_small, random_batches(1, 1, (3, 32, 32)), num_batches=0, progress=False)
@@ -88,7 +88,7 @@ def test_empty_data_and_bad_limits(deit_tiny_small):
 def test_triton_and_torch_backends_agree(name, kwargs, input_size):
     model = small_model(name, **kwargs)
     batches = random_batches(2, 2, input_size)
-    acts = [s.act for s in vbp.find_sites(model)]
+    acts = [s.activation for s in vbp.find_sites(model)]
     with torch.no_grad():
         plain = model(batches[0])
     by_torch = vbp.calibrate(model, batches, backend="torch", progress=False)
@@ -97,7 +97,7 @@ def test_triton_and_torch_backends_agree(name, kwargs, input_size):
         assert by_triton.sites[site].count == by_torch.sites[site].count
         torch.testing.assert_close(by_triton.mean(site), by_torch.mean(site), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(by_triton.variance(site), by_torch.variance(site), rtol=1e-4, atol=1e-7)
-    assert [s.act for s in vbp.find_sites(model)] == acts  # the fused stand-ins are removed again
+    assert [s.activation for s in vbp.find_sites(model)] == acts  # the fused stand-ins are removed again
     with torch.no_grad():
         torch.testing.assert_close(model(batches[0]), plain, rtol=0, atol=0)
 

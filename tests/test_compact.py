@@ -15,7 +15,7 @@ device = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel run
 def test_compact_mlp_equals_timm_mlp_and_keeps_state_dict_keys():
     torch.manual_seed(0)
     mlp = Mlp(24, 37, act_layer=torch.nn.GELU).eval()
-    cm = vbp.CompactMlp.from_mlp(copy.deepcopy(mlp))
+    cm = vbp.CompactMlp.from_site(vbp.find_sites(torch.nn.Sequential(copy.deepcopy(mlp)))[0])
     assert cm.state_dict().keys() == mlp.state_dict().keys()
     x = torch.randn(3, 11, 24)
     with torch.no_grad():
@@ -95,6 +95,7 @@ def test_conv_sites_are_left_alone():
     assert not any(isinstance(m, vbp.CompactMlp) for m in model.modules())
 
 
-def test_from_mlp_refuses_other_blocks():
-    with pytest.raises(vbp.VbpError, match="CompactMlp replaces"):
-        vbp.CompactMlp.from_mlp(Mlp(8, 16, act_layer=torch.nn.ReLU))
+def test_from_site_refuses_other_activations():
+    site = vbp.find_sites(torch.nn.Sequential(Mlp(8, 16, act_layer=torch.nn.ReLU)))[0]
+    with pytest.raises(vbp.VbpError, match="activation is not a GELU"):
+        vbp.CompactMlp.from_site(site)

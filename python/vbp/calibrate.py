@@ -1,6 +1,7 @@
 """Run a model over calibration data and gather per-neuron post-activation statistics of every MLP site."""
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterable
 
@@ -17,9 +18,37 @@ from .sites import find_sites
 from .stats import Moments, Stats
 
 
-def _images(batch) -> torch.Tensor:
-    """A batch is an image tensor or a (images, labels, ...) tuple/list."""
+def model_inputs(batch):
+    """A batch's model inputs: a tensor, the first item of an (inputs, labels, ...) tuple/list, or a mapping of
+    the model's keyword arguments (a tokenizer's output)."""
     return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def batch_size(inputs) -> int:
+    if isinstance(inputs, Mapping):
+        return next(iter(inputs.values())).shape[0]
+    return inputs.shape[0]
+
+
+def first_rows(inputs, n: int):
+    """The first n samples of a batch's inputs."""
+    if isinstance(inputs, Mapping):
+        return {k: v[:n] for k, v in inputs.items()}
+    return inputs[:n]
+
+
+def run_model(model: nn.Module, inputs, device: torch.device | str):
+    """model(inputs) on `device`, as positional input or as keyword arguments."""
+    if isinstance(inputs, Mapping):
+        return model(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
+    return model(inputs.to(device, non_blocking=True))
+
+
+def padding_mask(inputs, device) -> torch.Tensor | None:
+    """[B, T] bool, True for real tokens, from a mapping batch's `attention_mask`; None when there is none."""
+    if isinstance(inputs, Mapping) and "attention_mask" in inputs:
+        return inputs["attention_mask"].to(device).bool()
+    return None
 
 
 def _start_state(
@@ -52,10 +81,12 @@ def calibrate(
 ) -> Stats:
     """Statistics of every MLP site's post-activation values over `data`.
 
-    model: a timm model with MLP sites (see `find_sites`); run in eval mode on its own device.
-    data: iterable of image batches [B, C, H, W], or (images, labels) pairs, in a repeatable order.
-    num_batches / num_samples: stop after this many batches / images (the last batch is trimmed).
-    name: model name stored in the statistics (default: the timm architecture name).
+    model: a model with MLP sites (see `find_sites`); run in eval mode on its own device.
+    data: iterable of batches in a repeatable order: input tensors ([B, C, H, W] images), (inputs, labels)
+        pairs, or mappings of the model's keyword arguments (a tokenizer's output). Where a mapping has an
+        `attention_mask`, only real tokens are samples: padding does not change the statistics.
+    num_batches / num_samples: stop after this many batches / inputs (the last batch is trimmed).
+    name: model name stored in the statistics (default: the model's id, see `vbp.create_model`).
     samples: keep a uniform sample of this many rows of pre- and post-activation values per site
         (`Stats.samples`), for activation histograms.
     backend: "triton" (fused GELU + Welford kernel), "torch" (hooks, float64 two-pass), or "auto" (Triton
@@ -65,7 +96,7 @@ def calibrate(
     checkpoint / checkpoint_every / resume: save the running statistics atomically every K batches to
         `checkpoint`; `resume` continues from it, skipping the batches already done, and ends with the
         statistics of an uninterrupted run.
-    Every token (ViT, Swin) or spatial position (ConvNeXt) of every image is one sample per neuron. Under
+    Every token (ViT, Swin, text) or spatial position (ConvNeXt) of every input is one sample per neuron. Under
     torch.distributed each rank calibrates its own shard and all ranks end with the merged statistics.
     """
     for limit, what in ((num_batches, "num_batches"), (num_samples, "num_samples")):
@@ -104,16 +135,17 @@ def calibrate(
         for index, batch in enumerate(tqdm(data, total=total, desc="calibrate", unit="batch", disable=not progress)):
             if index < done_batches:  # already in the resumed state
                 continue
-            images = _images(batch)
+            inputs = model_inputs(batch)
             if num_samples is not None:
-                images = images[: num_samples - seen_samples]
-            if images.shape[0] == 0:
+                inputs = first_rows(inputs, num_samples - seen_samples)
+            if batch_size(inputs) == 0:
                 continue
+            mask = padding_mask(inputs, device)
             for r in recorders:
-                r.batch = seen_batches
-            model(images.to(device, non_blocking=True))
+                r.batch, r.mask = seen_batches, mask
+            run_model(model, inputs, device)
             seen_batches += 1
-            seen_samples += images.shape[0]
+            seen_samples += batch_size(inputs)
             if checkpoint_every and checkpoint is not None and seen_batches % checkpoint_every == 0:
                 snapshot().save(checkpoint)
             if seen_batches == num_batches or seen_samples == num_samples:
@@ -126,7 +158,7 @@ def calibrate(
         r.finish()
     stats = all_gather_stats(snapshot())
     if stats.batches == 0:
-        raise VbpError("the calibration data yielded no images; give a data set with at least one image")
+        raise VbpError("the calibration data yielded no inputs; give a data set with at least one sample")
     if samples:
         stats.samples = {
             r.site.name: {"pre": r.reservoir.pre.cpu(), "post": r.reservoir.post.cpu()}

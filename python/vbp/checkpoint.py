@@ -1,7 +1,9 @@
-"""Save and load pruned models: safetensors weights plus JSON (timm name, kwargs, per-site widths).
+"""Save and load pruned models of any family: safetensors weights plus JSON (where the architecture comes
+from, the site spec if any, and every site's width and whether its consumer has a bias).
 
-Loading rebuilds the timm model by name, narrows each MLP site to its saved width and loads the
-weights; nothing is ever unpickled.
+Loading rebuilds the architecture through its family (`vbp.families`: a timm name and kwargs, an HF class
+and config, a torchvision name, a Python builder), narrows each MLP site to its saved width and loads the
+weights; nothing is ever unpickled. Version 1 files (timm only, widths alone) still load.
 """
 
 import json
@@ -11,57 +13,74 @@ import torch
 from torch import nn
 
 from .errors import VbpError
+from .families.spec import model_spec, set_spec
 from .files import read_safetensors, write_safetensors
-from .models import create_model, model_kwargs, model_name
+from .models import build_model, model_source
 from .sites import find_sites
 
-FORMAT = "vbp-model/1"
+FORMAT = "vbp-model/2"
+FORMAT_V1 = "vbp-model/1"
 
 
-def _build(name: str, kwargs: dict, widths: dict[str, int], device: torch.device | str = "cpu") -> nn.Module:
-    """The timm model `name(**kwargs)` with every MLP site narrowed to `widths` (weights uninitialised)."""
+def _site_meta(model: nn.Module) -> dict[str, dict]:
+    return {s.name: {"width": s.width, "consumer_bias": s.consumer_layer.bias is not None} for s in find_sites(model)}
+
+
+def _build(source: dict, spec: list | None, sites: dict[str, dict], device: torch.device | str = "cpu") -> nn.Module:
+    """The architecture `source` describes with every MLP site narrowed as `sites` says (weights uninitialised)."""
     with torch.device(device):
-        model = create_model(name, **kwargs)
-    sites = {s.name: s for s in find_sites(model)}
-    if set(sites) != set(widths):
-        raise VbpError(f"'{name}' built with {kwargs} has MLP sites {sorted(sites)[:3]}..., not the saved ones")
-    for site_name, width in widths.items():
-        sites[site_name].set_width(width)
+        model = build_model(source)
+        found = {s.name: s for s in find_sites(model, spec)}
+        if set(found) != set(sites):
+            raise VbpError(
+                f"'{source['model']}' rebuilds with MLP sites {sorted(found)[:3]}..., not the saved "
+                f"{sorted(sites)[:3]}...; the file does not fit this version of its model's library"
+            )
+        for name, site in sites.items():
+            found[name].set_width(site["width"], consumer_bias=site.get("consumer_bias"))
     return model
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, name: str | None = None, kwargs: dict | None = None) -> None:
     """Write `model` (pruned or not) to one safetensors file at `path`, atomically.
 
-    name / kwargs: the timm name and create_model keyword arguments that rebuild it (default: what timm
-    recorded when it created the model). Checked before writing: the rebuilt skeleton must match.
+    name / kwargs: the model id and create_model keyword arguments that rebuild it (default: what its family
+    recorded, see `vbp.create_model`). Checked before writing: the rebuilt skeleton must match.
     """
-    name = name or model_name(model)
-    kwargs = model_kwargs(model) if kwargs is None else kwargs
-    if not name:
-        raise VbpError("the model's timm name is unknown; pass name= (and kwargs=) to save_pruned")
+    source = model_source(model) if name is None else {"model": name, "kwargs": kwargs or {}}
+    if name is None and kwargs is not None:
+        source["kwargs"] = kwargs
     try:
-        kwargs = json.loads(json.dumps(kwargs))
+        source = json.loads(json.dumps(source))
     except TypeError as exc:
-        raise VbpError(f"the model's create_model kwargs are not JSON-serializable ({exc}); pass kwargs=") from exc
-    widths = {s.name: s.width for s in find_sites(model)}
+        raise VbpError(f"the model's construction arguments are not JSON-serializable ({exc}); pass kwargs=") from exc
+    spec, sites = model_spec(model), _site_meta(model)
     state = model.state_dict()
-    skeleton = _build(name, kwargs, widths, device="meta").state_dict()
+    skeleton = _build(source, spec, sites, device="meta").state_dict()
     mismatched = [k for k in state if k not in skeleton or skeleton[k].shape != state[k].shape]
     if mismatched or len(skeleton) != len(state):
         raise VbpError(
-            f"'{name}' with kwargs {kwargs} does not rebuild this model (first mismatched keys: "
+            f"'{source['model']}' with {source.get('kwargs', {})} does not rebuild this model (first mismatched keys: "
             f"{mismatched[:3] or sorted(set(skeleton) - set(state))[:3]}); pass the right name= and kwargs="
         )
-    write_safetensors(path, state, {"format": FORMAT, "model": name, "kwargs": kwargs, "widths": widths})
+    write_safetensors(path, state, {"format": FORMAT, "source": source, "spec": spec, "sites": sites})
 
 
 def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model written by `save_pruned`, in eval mode, on `device`."""
-    state, meta = read_safetensors(path, FORMAT, "pruned model")
-    model = _build(meta["model"], meta["kwargs"], meta["widths"])
+    state, meta = read_safetensors(path, (FORMAT, FORMAT_V1), "pruned model")
+    try:
+        if meta["format"] == FORMAT_V1:
+            source, spec = {"model": meta["model"], "kwargs": meta["kwargs"]}, None
+            sites = {name: {"width": int(w)} for name, w in meta["widths"].items()}
+        else:
+            source, spec, sites = meta["source"], meta["spec"], meta["sites"]
+            sites = {name: {"width": int(s["width"]), "consumer_bias": bool(s["consumer_bias"])} for name, s in sites.items()}
+        model = _build(source, spec, sites)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise VbpError(f"{path} has incomplete or malformed pruned-model metadata ({exc!r}); save it again") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise VbpError(f"{path} does not match the model it names ('{meta['model']}'): {exc}") from exc
+        raise VbpError(f"{path} does not match the model it names ('{source['model']}'): {exc}") from exc
     return model.to(device).eval()

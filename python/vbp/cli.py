@@ -19,7 +19,7 @@ from .errors import VbpError
 from .evaluate import accuracy, latencies, latency_images
 from .files import check_writable
 from .finetune import FinetuneConfig, finetune
-from .models import create_model, model_kwargs, model_name
+from .models import create_model, model_name, model_source
 from .prune import prune
 from .recorder import BACKENDS
 from .report import format_summary, summarize, write_summary
@@ -173,9 +173,10 @@ def cmd_prune(args) -> None:
 
 
 def _reference(args, pruned: torch.nn.Module) -> torch.nn.Module:
-    """The unpruned model a pruned one came from: its timm name and kwargs, with --pretrained/--checkpoint."""
-    name = model_name(pruned)
-    return create_model(name, **_load_weights(args, name), **model_kwargs(pruned)).to(args.device)
+    """The unpruned model a pruned one came from: its id and kwargs, with --pretrained/--checkpoint."""
+    source = model_source(pruned)
+    name = source["model"]
+    return create_model(name, **_load_weights(args, name), **source.get("kwargs", {})).to(args.device)
 
 
 def cmd_eval(args) -> None:

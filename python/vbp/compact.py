@@ -1,12 +1,12 @@
-"""CompactMlp: a drop-in inference module for a (pruned) timm Mlp that runs the native compact_mlp op."""
+"""CompactMlp: a drop-in inference module for a (pruned) Linear MLP site that runs the native compact_mlp op."""
 
 import torch
 from torch import nn
-from timm.layers import Mlp
 
 from . import ops
+from .activations import gelu_kind
 from .errors import VbpError
-from .sites import find_sites, gelu_kind
+from .sites import MlpSite, find_sites, set_submodule
 
 
 # Inference kernels CompactMlp can run: the extension's op (or its PyTorch fallback), or fc1 + GELU as one
@@ -17,9 +17,9 @@ KERNELS = {"native": ops.compact_mlp, "triton": ops.compact_mlp_triton}
 class CompactMlp(nn.Module):
     """fc2(GELU(fc1(x))) with Linear fc1 [hidden, in] and fc2 [out, hidden]; x: [..., in] -> [..., out].
 
-    Same inputs, outputs and state_dict keys (fc1.*, fc2.*) as the timm Mlp it replaces. Without gradients
-    it runs `kernel` (a key of KERNELS); with gradients, the same maths in eager PyTorch. It has no dropout:
-    it is meant for deployment.
+    Where it replaces a whole MLP block (timm Mlp, torchvision MLP) it has the same inputs, outputs and
+    state_dict keys (fc1.*, fc2.*). Without gradients it runs `kernel` (a key of KERNELS); with gradients, the
+    same maths in eager PyTorch. It has no dropout: it is meant for deployment.
     """
 
     def __init__(self, fc1: nn.Linear, fc2: nn.Linear, approximate: str = "none", kernel: str = "native"):
@@ -31,18 +31,13 @@ class CompactMlp(nn.Module):
         self.fc1, self.fc2, self.approximate, self.kernel = fc1, fc2, approximate, kernel
 
     @classmethod
-    def from_mlp(cls, mlp: nn.Module, kernel: str = "native") -> "CompactMlp":
-        """The CompactMlp of a timm Mlp with Linear layers and a GELU activation (sharing its layers)."""
-        kind = gelu_kind(getattr(mlp, "act", None))
-        if (
-            not isinstance(mlp, Mlp)
-            or kind is None
-            or not isinstance(mlp.fc1, nn.Linear)
-            or not isinstance(mlp.fc2, nn.Linear)
-            or not isinstance(mlp.norm, nn.Identity)
-        ):
-            raise VbpError("CompactMlp replaces timm Mlp blocks with Linear fc1/fc2, GELU and no norm")
-        return cls(mlp.fc1, mlp.fc2, "none" if kind == "gelu" else "tanh", kernel)
+    def from_site(cls, site: MlpSite, kernel: str = "native") -> "CompactMlp":
+        """The CompactMlp of a non-gated site with Linear layers and a GELU activation module (sharing its layers)."""
+        problem = compact_problem(site)
+        if problem:
+            raise VbpError(f"CompactMlp cannot replace site '{site.name}': {problem}")
+        fc1, fc2 = site.producer_layers[0], site.consumer_layer
+        return cls(fc1, fc2, "none" if gelu_kind(site.activation) == "gelu" else "tanh", kernel)
 
     @classmethod
     def from_weights(
@@ -72,13 +67,33 @@ class CompactMlp(nn.Module):
         return KERNELS[self.kernel](*args)
 
 
+def compact_problem(site: MlpSite) -> str | None:
+    """Why a site cannot run as a CompactMlp (None when it can)."""
+    if site.gated:
+        return "it is a gated MLP"
+    if not (isinstance(site.producer_layers[0], nn.Linear) and isinstance(site.consumer_layer, nn.Linear)):
+        return "its layers are not Linear"
+    if gelu_kind(site.activation) is None:
+        return "its activation is not a GELU module"
+    return None
+
+
 def compact(model: nn.Module, kernel: str = "native") -> nn.Module:
-    """Swap every timm Mlp site with Linear layers and GELU for a CompactMlp running `kernel`, in place;
-    returns the model. Other sites (1x1-conv MLPs, other activations) are left as they are.
+    """Run every non-gated Linear site with a GELU module as a CompactMlp with `kernel`, in place; returns
+    the model. Other sites (1x1-conv or gated MLPs, other activations) are left as they are.
+
+    A site whose MLP is one module (timm Mlp, torchvision MLP) has that module replaced. Elsewhere (HF BERT's
+    intermediate/output pair, a user spec) fc1's place takes the CompactMlp, and the activation and fc2
+    become identities, so the module around them computes the same.
     """
     for site in find_sites(model):
-        if isinstance(site.fc1, nn.Linear) and gelu_kind(site.act) is not None:
-            parent_name, _, child = site.name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, CompactMlp.from_mlp(site.block, kernel))
+        if compact_problem(site):
+            continue
+        cm = CompactMlp.from_site(site, kernel)
+        if site.block:  # a whole block below the root
+            set_submodule(model, site.block, cm)
+        else:
+            set_submodule(model, site.producers[0], cm)
+            set_submodule(model, site.act, nn.Identity())
+            set_submodule(model, site.consumer, nn.Identity())
     return model

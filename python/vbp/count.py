@@ -2,12 +2,18 @@
 
 MACs: one per multiply-add of linear and conv layers and of the two attention matmuls, plus 5 per
 element of every affine layer norm (fvcore counts those too); activations, softmax and additions are
-free. Counted by PyTorch's FlopCounterMode, which sees the matmuls inside fused attention kernels.
+free. Counted by PyTorch's FlopCounterMode, which sees the matmuls inside fused attention kernels, and
+vbp's own compact_mlp op (two GEMMs) of `vbp.compact`ed models.
 """
+
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from .errors import VbpError
+from .families import family_of
 
 aten = torch.ops.aten
 
@@ -24,6 +30,13 @@ def _cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=No
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _compact_mlp_flop(x_shape, w1_shape, b1_shape, w2_shape, *args, out_shape=None, **kwargs) -> int:
+    tokens = 1
+    for d in x_shape[:-1]:
+        tokens *= d
+    return 2 * tokens * (w1_shape[0] * w1_shape[1] + w2_shape[0] * w2_shape[1])
+
+
 _FVCORE_EXTRAS = {
     aten.native_layer_norm: _layer_norm_flop,
     # CPU's fused attention kernel, which FlopCounterMode does not know by itself.
@@ -31,21 +44,38 @@ _FVCORE_EXTRAS = {
 }
 
 
+def _extras() -> dict:
+    extras = dict(_FVCORE_EXTRAS)
+    if hasattr(torch.ops.vbp, "compact_mlp"):  # the native extension is built
+        extras[torch.ops.vbp.compact_mlp.default] = _compact_mlp_flop
+    return extras
+
+
+def _example(model: nn.Module, input_size: tuple[int, ...] | None):
+    """One zero input: of `input_size` (C, H, W) when given, else what the model's family says (a timm model's
+    pretrained_cfg input size, an HF vision model's image size, or 128 tokens for an HF text model)."""
+    if input_size is not None:
+        return torch.zeros(1, *input_size)
+    family = family_of(model)
+    if family is None:
+        raise VbpError(f"give count() an input_size: vbp does not know what input a {type(model).__name__} takes")
+    return family.example_input(model)
+
+
 @torch.inference_mode()
 def count(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[int, int]:
-    """(MACs, parameters) of one forward pass of a single input of `input_size` (C, H, W).
-
-    input_size defaults to the model's timm pretrained_cfg input size.
-    """
-    if input_size is None:
-        input_size = tuple(model.pretrained_cfg["input_size"])
+    """(MACs, parameters) of one forward pass of a single input (see `_example`)."""
     param = next(model.parameters())
-    x = torch.zeros(1, *input_size, device=param.device, dtype=param.dtype)
+
+    def placed(t: torch.Tensor) -> torch.Tensor:  # floating inputs take the model's dtype; token ids stay integers
+        return t.to(param.device, param.dtype if t.is_floating_point() else t.dtype)
+
+    x = _example(model, input_size)
     was_training = model.training
     model.eval()
     try:
-        with FlopCounterMode(display=False, custom_mapping=_FVCORE_EXTRAS) as counter:
-            model(x)
+        with FlopCounterMode(display=False, custom_mapping=_extras()) as counter:
+            model(**{k: placed(v) for k, v in x.items()}) if isinstance(x, Mapping) else model(placed(x))
     finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())

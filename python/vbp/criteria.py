@@ -14,14 +14,16 @@ CRITERIA = ("variance", "magnitude", "random")
 
 
 def magnitude_scores(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Group L2 norm of each hidden neuron's weights: its fc1 row, fc1 bias and fc2 column, float64 [C]."""
+    """Group L2 norm of each hidden neuron's weights: its rows and biases in every producer (fc1; gate and
+    up) and its consumer column, float64 [C]."""
     scores = {}
     for site in find_sites(model):
-        w1 = site.fc1.weight.detach().double().flatten(1)
-        w2 = site.fc2.weight.detach().double().flatten(1)
-        sq = w1.square().sum(1) + w2.square().sum(0)
-        if site.fc1.bias is not None:
-            sq = sq + site.fc1.bias.detach().double().square()
+        w2, _ = site.consumer_weights()
+        sq = w2.detach().double().square().sum(0)
+        for w, b in site.producer_weights():
+            sq = sq + w.detach().double().square().sum(1)
+            if b is not None:
+                sq = sq + b.detach().double().square()
         scores[site.name] = sq.sqrt().cpu()
     return scores
 

@@ -79,8 +79,13 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
         save_file(cpu, tmp, metadata={"vbp": json.dumps(meta)})
 
 
-def read_safetensors(path: str | os.PathLike, expected_format: str, what: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Load a vbp safetensors file and its JSON metadata; clear errors for a missing, corrupt or foreign file."""
+def read_safetensors(
+    path: str | os.PathLike, expected_format: str | tuple[str, ...], what: str
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Load a vbp safetensors file and its JSON metadata; clear errors for a missing, corrupt or foreign file.
+
+    expected_format: the format tag, or the tags of every version that can be read."""
+    formats = (expected_format,) if isinstance(expected_format, str) else expected_format
     if not os.path.isfile(path):
         raise VbpError(f"{what} file {path} does not exist")
     try:
@@ -91,7 +96,7 @@ def read_safetensors(path: str | os.PathLike, expected_format: str, what: str) -
         raise VbpError(
             f"{path} is not a readable vbp {what} file ({exc}); it may be truncated or of another kind"
         ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != expected_format:
+    if not isinstance(meta, dict) or meta.get("format") not in formats:
         found = meta.get("format") if isinstance(meta, dict) else None
-        raise VbpError(f"{path} holds '{found}', not vbp {what} ('{expected_format}')")
+        raise VbpError(f"{path} holds '{found}', not vbp {what} ('{formats[0]}')")
     return tensors, meta

@@ -1,47 +1,73 @@
-"""Create timm models by name, with pretrained weights or a local checkpoint, and name them back."""
+"""Create models by id, from any family, with pretrained weights or a local checkpoint; name them back.
+
+Ids: a timm name ("deit_small_patch16_224"), "hf:DIR_OR_ID" (Hugging Face), "tv:NAME" (torchvision) or
+"py:MODULE:FUNCTION" (a builder of your own); see `vbp.families`.
+"""
 
 import os
 
-import timm
 import torch
 from torch import nn
 
 from .errors import VbpError
+from .families import family_for_id, family_of
 
 
 def create_model(
     name: str, pretrained: bool = False, checkpoint: str | os.PathLike | None = None, **kwargs
 ) -> nn.Module:
-    """`timm.create_model(name, **kwargs)` in eval mode, loading `checkpoint` (safetensors or a torch state dict).
+    """The model `name` in eval mode, loading `checkpoint` (safetensors or a torch state dict) if given.
 
     Raises VbpError for an unknown name or a missing or unreadable checkpoint.
     """
-    if not timm.is_model(name):
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-        raise VbpError(
-            f"unknown model '{name}': not a timm model name" + (f"; similar names: {', '.join(close)}" if close else "")
-        )
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise VbpError(f"checkpoint {checkpoint} does not exist")
-    model = timm.create_model(name, pretrained=pretrained, **kwargs)
+    family, short = family_for_id(name)
+    model = family.create(short, pretrained=pretrained, **kwargs)
     if checkpoint is not None:
-        try:
-            # timm reads safetensors, and torch files with weights_only=True: never arbitrary unpickling.
-            timm.models.load_checkpoint(model, str(checkpoint), strict=True)
-        except Exception as exc:  # timm raises many kinds: corrupt file, wrong keys, wrong shapes
-            raise VbpError(f"cannot load checkpoint {checkpoint} into '{name}': {exc}") from exc
+        load_checkpoint(model, checkpoint, name)
     return model.eval()
 
 
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, name: str) -> None:
+    """Load weights into `model`, strictly: safetensors, or a torch file read with weights_only (never arbitrary
+    unpickling), holding a state dict or one under "state_dict"/"model"."""
+    try:
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            for key in ("state_dict", "model"):
+                if isinstance(state, dict) and isinstance(state.get(key), dict):
+                    state = state[key]
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:  # corrupt file, wrong keys, wrong shapes: each library raises its own kind
+        raise VbpError(f"cannot load checkpoint {path} into '{name}': {exc}") from exc
+
+
 def model_name(model: nn.Module) -> str:
-    """The timm architecture name a model was created with ('' when it was not created by timm)."""
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture", "")
+    """The id a model can be created again by ('' when no family knows where it came from)."""
+    family = family_of(model)
+    return family.model_id(model) if family else ""
 
 
-def model_kwargs(model: nn.Module) -> dict:
-    """The keyword arguments timm.create_model was given (timm records them), minus runtime placement."""
-    return dict(getattr(model, "_model_args", {}))
+def model_source(model: nn.Module) -> dict:
+    """What rebuilds the model's architecture: {"model": id, ...} as its family describes it (JSON-able)."""
+    family = family_of(model)
+    if family is None:
+        raise VbpError(
+            f"vbp does not know how to rebuild this {type(model).__name__}: create it with vbp.create_model "
+            "(a timm name, hf:DIR, tv:NAME or py:MODULE:FUNCTION), or pass name= (and kwargs=)"
+        )
+    return family.describe(model)
+
+
+def build_model(source: dict) -> nn.Module:
+    """The architecture `model_source` described, with fresh weights."""
+    family, _ = family_for_id(source["model"])
+    return family.build(source)
 
 
 def model_device(model: nn.Module) -> torch.device:

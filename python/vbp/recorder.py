@@ -1,11 +1,13 @@
-"""How one MLP site's activations reach its running statistics during calibration.
+"""How one MLP site's hidden values reach its running statistics during calibration.
 
 A SiteRecorder owns a site's running Moments (and optional Reservoir) and checks every update for
 NaN/Inf. It is attached to the model by one of two backends:
-- "torch": a forward hook on the activation module reduces its output with a float64 two-pass.
-- "triton": the activation module is swapped for one fused Triton kernel (vbp_kernels) that reads the
-  pre-activation once, writes GELU(x) and reduces it on the way; activations other than GELU keep the
-  hook and reduce their output with the same kernel.
+- "torch": a forward pre-hook on the site's consumer (fc2) reduces its input, the hidden value, with a
+  float64 two-pass. This works for every family, gated products act(gate) * up included.
+- "triton": where the site's activation is a GELU module, it is swapped for one fused Triton kernel
+  (vbp_kernels) that reads the pre-activation once, writes GELU(x) and reduces it on the way; other sites
+  keep the hook and reduce the hidden value with the same kernel.
+Padded batches: `mask` ([B, T] bool, True for real tokens) is set per batch; only those rows are samples.
 """
 
 import os
@@ -14,9 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .activations import gelu_kind
 from .errors import VbpError
 from .reservoir import Reservoir
-from .sites import MlpSite, gelu_kind, hidden_channels_last
+from .sites import MlpSite, set_submodule, hidden_channels_last
 from .stats import Moments
 
 BACKENDS = ("auto", "triton", "torch")
@@ -37,10 +40,24 @@ class SiteRecorder:
         self.nonfinite = nonfinite
         self.batch = 0
         self.skipped = 0
+        self.mask: torch.Tensor | None = None
+        self.pre: torch.Tensor | None = None  # the last pre-activation (fc1 / gate output), for the reservoir
         self._deferred: list[tuple[int, torch.Tensor]] = []
 
-    def update(self, update: Moments, pre: torch.Tensor, post: torch.Tensor) -> None:
-        """Fold in one batch's moments; pre/post are the activation's input and output (for the reservoir)."""
+    def samples(self, h: torch.Tensor) -> torch.Tensor:
+        """The hidden value as [N, C] rows, padding rows left out."""
+        dim = self.site.channel_dim
+        if self.mask is None:
+            return hidden_channels_last(h.detach(), dim)
+        if h.dim() != 3 or h.shape[:2] != self.mask.shape:
+            raise VbpError(
+                f"the attention mask has shape {tuple(self.mask.shape)} but site '{self.site.name}' sees a hidden "
+                f"value of shape {tuple(h.shape)}; padding can only be left out of [batch, tokens, C] values"
+            )
+        return h.detach()[self.mask]
+
+    def update(self, update: Moments, pre: torch.Tensor | None, post: torch.Tensor) -> None:
+        """Fold in one batch's moments; pre/post: the pre-activation and hidden value (for the reservoir)."""
         finite = update.is_finite()
         if self.nonfinite == "skip":
             if not finite:
@@ -51,9 +68,8 @@ class SiteRecorder:
         elif not finite:
             self._fail(self.batch)
         self.moments = self.moments.merge(update)
-        if self.reservoir is not None:
-            dim = self.site.channel_dim
-            self.reservoir.add(hidden_channels_last(pre.detach(), dim), hidden_channels_last(post.detach(), dim))
+        if self.reservoir is not None and pre is not None:
+            self.reservoir.add(self.samples(pre), self.samples(post))
 
     def finish(self) -> None:
         """Raise for any deferred non-finite batch (one host sync for the whole calibration)."""
@@ -73,11 +89,21 @@ class SiteRecorder:
 class _Swap:
     """Undo handle for a replaced activation module."""
 
-    block: nn.Module
+    model: nn.Module
+    path: str
     act: nn.Module
 
     def remove(self) -> None:
-        self.block.act = self.act
+        set_submodule(self.model, self.path, self.act)
+
+
+class _Handles:
+    def __init__(self, *handles):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 class _FusedActivation(nn.Module):
@@ -91,27 +117,27 @@ class _FusedActivation(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from vbp_kernels import activation_moments
 
-        y, count, mean, m2 = activation_moments(x, self.activation, self.recorder.site.channel_dim, write_output=True)
-        self.recorder.update(Moments(count, mean, m2), x, y)
+        r = self.recorder
+        dim = r.site.channel_dim
+        y, count, mean, m2 = activation_moments(x, self.activation, dim, write_output=True)
+        if r.mask is not None:  # padding: reduce the real tokens' rows of the output instead
+            _, count, mean, m2 = activation_moments(r.samples(y), "none", -1)
+        r.update(Moments(count, mean, m2), x, y)
         return y
 
 
-def _torch_hook(recorder: SiteRecorder):
-    def hook(module, inputs, output):
-        update = Moments.of(hidden_channels_last(output.detach(), recorder.site.channel_dim))
-        recorder.update(update, inputs[0], output)
-
-    return hook
+def _torch_reduce(recorder: SiteRecorder, h: torch.Tensor) -> Moments:
+    return Moments.of(recorder.samples(h))
 
 
-def _triton_hook(recorder: SiteRecorder):
-    def hook(module, inputs, output):
-        from vbp_kernels import activation_moments
+def _triton_reduce(recorder: SiteRecorder, h: torch.Tensor) -> Moments:
+    from vbp_kernels import activation_moments
 
-        _, count, mean, m2 = activation_moments(output.detach(), "none", recorder.site.channel_dim)
-        recorder.update(Moments(count, mean, m2), inputs[0], output)
-
-    return hook
+    if recorder.mask is not None:
+        _, count, mean, m2 = activation_moments(recorder.samples(h), "none", -1)
+    else:
+        _, count, mean, m2 = activation_moments(h.detach(), "none", recorder.site.channel_dim)
+    return Moments(count, mean, m2)
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -130,8 +156,21 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def attach(recorder: SiteRecorder, backend: str):
     """Connect a recorder to its site with a resolved backend; returns a handle with .remove()."""
-    act = recorder.site.act
-    if backend == "triton" and gelu_kind(act) is not None:
-        recorder.site.block.act = _FusedActivation(recorder, gelu_kind(act))
-        return _Swap(recorder.site.block, act)
-    return act.register_forward_hook(_triton_hook(recorder) if backend == "triton" else _torch_hook(recorder))
+    site = recorder.site
+    act = site.activation
+    if backend == "triton" and not site.gated and gelu_kind(act) is not None:
+        set_submodule(site.model, site.act, _FusedActivation(recorder, gelu_kind(act)))
+        return _Swap(site.model, site.act, act)
+    reduce = _triton_reduce if backend == "triton" else _torch_reduce
+
+    def observe(hidden: torch.Tensor) -> None:
+        recorder.update(reduce(recorder, hidden), recorder.pre, hidden)
+
+    handles = [site.observe(observe)]
+    if recorder.reservoir is not None:
+
+        def keep_pre(module, inputs, output):
+            recorder.pre = output
+
+        handles.append(site.producer_layers[0].register_forward_hook(keep_pre))
+    return _Handles(*handles)

@@ -11,17 +11,20 @@ from .sites import site_widths
 
 
 def summarize(full: nn.Module, pruned: nn.Module, model: str, ratio: float) -> dict:
-    """model, ratio, macs_full_g, macs_g, params_full_m, params_m, widths (kept width per site)."""
+    """model, ratio (asked), ratio_removed (the fraction of MLP hidden neurons actually removed), macs_full_g,
+    macs_g, params_full_m, params_m, widths (kept width per site)."""
     macs_full, params_full = count(full)
     macs, params = count(pruned)
+    widths, full_widths = site_widths(pruned), site_widths(full)
     return {
         "model": model,
         "ratio": ratio,
+        "ratio_removed": 1 - sum(widths.values()) / sum(full_widths.values()),
         "macs_full_g": macs_full / 1e9,
         "macs_g": macs / 1e9,
         "params_full_m": params_full / 1e6,
         "params_m": params / 1e6,
-        "widths": site_widths(pruned),
+        "widths": widths,
     }
 
 

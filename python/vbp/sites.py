@@ -1,67 +1,129 @@
-"""Find the MLP blocks of a model: the hidden layer `h = act(fc1(x))` that VBP prunes, and `fc2` that reads it.
+"""An MLP site, family-neutral: the layers that make a hidden layer of neurons, and the layer that reads it.
 
-A site is one such block. Supported: timm `Mlp` (ViT, DeiT, Swin, ConvNeXt with Linear layers or
-1x1 convolutions) and timm `ConvMlp`, whenever nothing between the activation and fc2 mixes channels.
+    hidden = act(producer(x))                 one producer (fc1): timm Mlp, HF BERT/ViT/CLIP, torchvision MLP
+    hidden = act(gate(x)) * up(x)             two producers (gate, up): SwiGLU, HF LLaMA/Qwen/Mistral
+    y = consumer(hidden)                      the consumer (fc2 / down) reads the hidden value
+
+Neuron j is row j of every producer and column j of the consumer. A site names its layers by module path
+inside the model, reads their weights and narrows itself to kept neurons; the family adapters in
+`vbp.families` only find sites (and rebuild models for loading). Nothing here knows a family's names.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import timm.layers.activations as timm_act
 import torch
 from torch import nn
-from timm.layers import ConvMlp, Mlp
 
 from .errors import VbpError
 
-SUPPORTED_BLOCKS = (Mlp, ConvMlp)
-_HIDDEN_LAYERS = (nn.Linear, nn.Conv2d)
+# Layers a site can be made of: Linear, or 1x1 convolutions over NCHW maps (ConvNeXt's conv_mlp).
+HIDDEN_LAYERS = (nn.Linear, nn.Conv2d)
 
 
 @dataclass
 class MlpSite:
-    """One prunable MLP block.
+    """One prunable MLP.
 
-    name: the block's module path in the model (e.g. "blocks.3.mlp").
-    block: the module, holding `fc1`, `act` and `fc2`.
+    name: the site's name, the path of the module that holds it (e.g. "blocks.3.mlp", "encoder.layer.0").
+    model: the model the paths below are relative to.
+    producers: path of fc1, or of (gate, up) for a gated MLP.
+    consumer: path of fc2 (down).
+    act: path of the activation module applied to fc1's output (non-gated), when it is a module; used by the
+        fused Triton calibration kernel and by `vbp.compact`.
+    block: path of a module that computes exactly consumer(act(producer(x))), when there is one (timm Mlp,
+        torchvision MLP): `vbp.compact` swaps it whole.
     """
 
     name: str
-    block: nn.Module
+    model: nn.Module = field(repr=False)
+    producers: tuple[str, ...]
+    consumer: str
+    act: str | None = None
+    block: str | None = None
 
     @property
-    def fc1(self) -> nn.Module:
-        return self.block.fc1
+    def gated(self) -> bool:
+        return len(self.producers) == 2
 
     @property
-    def fc2(self) -> nn.Module:
-        return self.block.fc2
+    def producer_layers(self) -> list[nn.Module]:
+        return [self.model.get_submodule(p) for p in self.producers]
 
     @property
-    def act(self) -> nn.Module:
-        return self.block.act
+    def consumer_layer(self) -> nn.Module:
+        return self.model.get_submodule(self.consumer)
+
+    @property
+    def activation(self) -> nn.Module | None:
+        return self.model.get_submodule(self.act) if self.act is not None else None
 
     @property
     def width(self) -> int:
-        """Number of hidden neurons (fc1's output features or channels)."""
-        return self.fc1.weight.shape[0]
+        """Number of hidden neurons (the producers' output features or channels)."""
+        return self.producer_layers[0].weight.shape[0]
 
     @property
     def channel_dim(self) -> int:
-        """Dimension of the hidden activation that indexes neurons: -1 for Linear, 1 for 1x1 conv (NCHW)."""
-        return 1 if isinstance(self.fc1, nn.Conv2d) else -1
+        """Dimension of the hidden value that indexes neurons: -1 for Linear, 1 for 1x1 conv (NCHW)."""
+        return 1 if isinstance(self.consumer_layer, nn.Conv2d) else -1
 
-    def set_width(self, width: int, fc2_bias: bool | None = None) -> None:
-        """Replace fc1 and fc2 with fresh layers of `width` hidden neurons (same kind, dtype, device).
+    @property
+    def device(self) -> torch.device:
+        return self.consumer_layer.weight.device
 
-        fc2_bias: whether the new fc2 has a bias (default: as the old one).
-        """
-        self.block.fc1 = _resized(self.fc1, out_features=width)
-        self.block.fc2 = _resized(self.fc2, in_features=width, bias=fc2_bias)
+    def producer_weights(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """(weight [C, in], bias [C] or None) of every producer."""
+        return [(layer.weight.flatten(1), layer.bias) for layer in self.producer_layers]
+
+    def consumer_weights(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight [out, C], bias [out] or None) of the consumer."""
+        layer = self.consumer_layer
+        return layer.weight.flatten(1), layer.bias
+
+    def observe(self, fn) -> torch.utils.hooks.RemovableHandle:
+        """Call fn(hidden) with the hidden value every time the consumer runs (a forward pre-hook)."""
+        return self.consumer_layer.register_forward_pre_hook(lambda module, inputs: fn(inputs[0]))
+
+    @torch.no_grad()
+    def narrow(
+        self,
+        producers: list[tuple[torch.Tensor, torch.Tensor | None]],
+        consumer: tuple[torch.Tensor, torch.Tensor | None],
+    ) -> None:
+        """Replace the layers with fresh ones of the same kind holding these weights ([K, in] / [out, K] and
+        biases): the site then has K neurons. The consumer gains a bias where it had none and one is given."""
+        for path, (w, b) in zip(self.producers, producers):
+            self._replace(path, w, b)
+        self._replace(self.consumer, *consumer)
+
+    def set_width(self, width: int, consumer_bias: bool | None = None) -> None:
+        """Replace the layers with uninitialised ones of `width` neurons (to load a saved pruned model into).
+
+        consumer_bias: whether the new consumer has a bias (default: as the old one)."""
+        for path in self.producers:
+            set_submodule(self.model, path, _resized(self.model.get_submodule(path), out_features=width))
+        old = self.consumer_layer
+        set_submodule(self.model, self.consumer, _resized(old, in_features=width, bias=consumer_bias))
+
+    def _replace(self, path: str, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        old = self.model.get_submodule(path)
+        out_features, in_features = weight.shape
+        new = _resized(old, in_features, out_features, bias=bias is not None)
+        new.weight.copy_(weight.view_as(new.weight))
+        if bias is not None:
+            new.bias.copy_(bias)
+        set_submodule(self.model, path, new)
+
+
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def _resized(
     layer: nn.Module, in_features: int | None = None, out_features: int | None = None, bias: bool | None = None
 ) -> nn.Module:
+    """A fresh layer like `layer` (Linear or 1x1 Conv2d, same dtype and device) with other sizes, uninitialised."""
     w = layer.weight
     # Built on the meta device and then given storage: no time spent on an initialisation that is overwritten.
     kwargs = dict(bias=layer.bias is not None if bias is None else bias, device="meta", dtype=w.dtype)
@@ -72,41 +134,43 @@ def _resized(
     return new.to_empty(device=w.device)
 
 
-def _unsupported_reason(block: nn.Module) -> str | None:
-    if not (isinstance(block.fc1, _HIDDEN_LAYERS) and isinstance(block.fc2, _HIDDEN_LAYERS)):
-        return "fc1/fc2 are not Linear or Conv2d layers"
-    for conv in (m for m in (block.fc1, block.fc2) if isinstance(m, nn.Conv2d)):
-        if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1):
-            return "fc1/fc2 are convolutions other than plain 1x1"
-    # timm Mlp applies `norm` after the activation: a norm mixes neurons, so a pruned neuron is no longer a constant.
-    if isinstance(block, Mlp) and not isinstance(block.norm, nn.Identity):
-        return "a normalisation layer sits between the activation and fc2"
-    if isinstance(block, ConvMlp) and not isinstance(block.norm, nn.Identity):
-        return "a normalisation layer sits on fc1's output"
+def layer_problem(layer: nn.Module) -> str | None:
+    """Why `layer` cannot be a site's producer or consumer (None when it can)."""
+    if not isinstance(layer, HIDDEN_LAYERS):
+        return f"{type(layer).__name__} is not a Linear or 1x1 Conv2d layer"
+    if isinstance(layer, nn.Conv2d) and (layer.kernel_size != (1, 1) or layer.groups != 1 or layer.stride != (1, 1)):
+        return "a convolution other than plain 1x1"
     return None
 
 
-def find_sites(model: nn.Module) -> list[MlpSite]:
-    """All prunable MLP blocks of `model`, in module order.
+def chain_problem(producers: list[nn.Module], consumer: nn.Module) -> str | None:
+    """Why these layers do not form an MLP site (kinds, or shapes that do not chain); None when they do."""
+    for layer in (*producers, consumer):
+        problem = layer_problem(layer)
+        if problem:
+            return problem
+    widths = {p.weight.shape[0] for p in producers}
+    if len(widths) != 1:
+        return f"the producers have different output widths {sorted(widths)}"
+    if len({p.weight.shape[1] for p in producers}) != 1:
+        return "the producers read inputs of different widths"
+    width, reads = widths.pop(), consumer.weight.shape[1]
+    if reads != width:
+        return f"the consumer reads {reads} features but the producers give {width}"
+    return None
 
+
+def find_sites(model: nn.Module, spec=None) -> list[MlpSite]:
+    """All prunable MLP sites of `model`, in module order.
+
+    spec: user-named sites (see `vbp.families.spec`): a SiteSpec, its dict or its text form, or a list of
+        them. It stays with the model, so later calls (calibrate, prune, save) find the same sites.
+    Without a spec, the first model family (`vbp.families`) that finds sites in the model gives them.
     Raises VbpError when there are none, naming what was looked for and any blocks that were skipped.
     """
-    sites, skipped = [], []
-    for name, module in model.named_modules():
-        if isinstance(module, SUPPORTED_BLOCKS):
-            reason = _unsupported_reason(module)
-            if reason is None:
-                sites.append(MlpSite(name, module))
-            else:
-                skipped.append(f"{name} ({reason})")
-    if not sites:
-        looked_for = ", ".join(f"timm.layers.{cls.__name__}" for cls in SUPPORTED_BLOCKS)
-        detail = f"; skipped: {', '.join(skipped)}" if skipped else ""
-        raise VbpError(
-            f"{type(model).__name__} has no prunable MLP block: looked for {looked_for} modules with "
-            f"fc1 -> act -> fc2 (Linear or 1x1 Conv2d){detail}. vbp supports timm ViT/DeiT, Swin and ConvNeXt models."
-        )
-    return sites
+    from .families import sites_of
+
+    return sites_of(model, spec)
 
 
 def site_widths(model: nn.Module) -> dict[str, int]:
@@ -114,16 +178,20 @@ def site_widths(model: nn.Module) -> dict[str, int]:
     return {site.name: site.width for site in find_sites(model)}
 
 
+def check_sites(sites: list[MlpSite]) -> list[MlpSite]:
+    """Raise VbpError when two sites share a layer (a spec or family that matched one MLP twice)."""
+    seen: dict[str, str] = {}
+    for site in sites:
+        for path in (*site.producers, site.consumer):
+            if path in seen:
+                raise VbpError(f"layer '{path}' belongs to two MLP sites ('{seen[path]}' and '{site.name}')")
+            seen[path] = site.name
+    return sites
+
+
 @torch.no_grad()
 def hidden_channels_last(h: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """View a hidden activation as [N, C]: every token or spatial position is one sample."""
+    """View a hidden value as [N, C]: every token or spatial position is one sample."""
     if channel_dim != -1:
         h = h.movedim(channel_dim, -1)
     return h.reshape(-1, h.shape[-1])
-
-
-def gelu_kind(act: nn.Module) -> str | None:
-    """The kernel name of a GELU module (torch's or timm's): "gelu" or "gelu_tanh"; None for other activations."""
-    if type(act) is nn.GELU:
-        return "gelu" if act.approximate == "none" else "gelu_tanh"
-    return {timm_act.GELU: "gelu", timm_act.GELUTanh: "gelu_tanh"}.get(type(act))
