@@ -79,6 +79,9 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
         model = _build(source, spec, sites)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise VbpError(f"{path} has incomplete or malformed pruned-model metadata ({exc!r}); save it again") from exc
+    dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
+    if len(dtypes) == 1:  # a model saved in float64 (or bf16) loads as it was saved
+        model.to(dtypes.pop())
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -47,7 +47,7 @@ _FVCORE_EXTRAS = {
 def _extras() -> dict:
     extras = dict(_FVCORE_EXTRAS)
     if hasattr(torch.ops.vbp, "compact_mlp"):  # the native extension is built
-        extras[torch.ops.vbp.compact_mlp.default] = _compact_mlp_flop
+        extras[torch.ops.vbp.compact_mlp] = _compact_mlp_flop
     return extras
 
 

@@ -88,4 +88,4 @@ def sites_of(model: nn.Module, spec=None) -> list[MlpSite]:
     )
 
 
-from . import timm_models, hf, torchvision_models, python_builder  # noqa: E402,F401  (registration order)
+from . import timm_models, hf, python_builder, torchvision_models  # noqa: E402,F401  (registration order)

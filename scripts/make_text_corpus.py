@@ -1,0 +1,66 @@
+"""Write the embedded text corpora (python/vbp/assets/text_*.txt): sentences from the docstrings of Python's
+standard library (PSF licence, see python/vbp/assets/TEXT_LICENSE.md), one per line.
+
+Calibration and evaluation sentences come from disjoint sets of modules, so the texts never overlap.
+Run once with the pinned Python (3.11); the output is committed, so every machine reads the same texts.
+"""
+
+import importlib
+import inspect
+import re
+import sys
+from pathlib import Path
+
+CALIBRATION_MODULES = (
+    "argparse asyncio.base_events asyncio.events asyncio.streams calendar cmd codecs collections concurrent.futures "
+    "configparser contextlib copy csv dataclasses datetime decimal difflib doctest email.message email.utils enum "
+    "fileinput fnmatch fractions ftplib functools getopt gettext glob gzip hashlib heapq hmac http.client "
+    "http.cookiejar http.server imaplib inspect io ipaddress"
+).split()
+EVALUATION_MODULES = (
+    "json logging logging.handlers mailbox mimetypes multiprocessing.pool netrc numbers optparse os pathlib pdb "
+    "pickle pkgutil platform poplib pprint profile queue random sched secrets selectors shelve shlex shutil smtplib "
+    "socket socketserver sqlite3 ssl statistics string subprocess tarfile tempfile textwrap threading timeit "
+    "tokenize trace traceback turtle unittest.case urllib.parse urllib.request uuid warnings wave weakref zipfile"
+).split()
+ASSETS = Path(__file__).resolve().parents[1] / "python" / "vbp" / "assets"
+
+
+def sentences(module_names: list[str]) -> list[str]:
+    """Sentences of 6 to 40 words from the docstrings of the modules' public members, de-duplicated, in order."""
+    seen, out = set(), []
+    for name in module_names:
+        module = importlib.import_module(name)
+        docs = [module.__doc__ or ""]
+        for member_name, member in sorted(vars(module).items()):
+            if not member_name.startswith("_") and getattr(member, "__module__", None) == module.__name__:
+                docs.append(inspect.getdoc(member) or "")
+                if inspect.isclass(member):  # and the class's own public methods
+                    docs += [inspect.getdoc(m) or "" for n, m in sorted(vars(member).items()) if not n.startswith("_")]
+        for doc in docs:
+            for paragraph in doc.split("\n\n"):
+                text = " ".join(line.strip() for line in paragraph.splitlines())
+                out += [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text) if _usable(s, seen)]
+    return out
+
+
+def _usable(sentence: str, seen: set[str]) -> bool:
+    """A prose sentence of 6 to 40 words, not seen before (recorded in `seen`)."""
+    words = sentence.split()
+    clean = " ".join(words)
+    if not (6 <= len(words) <= 40 and clean[0].isupper() and clean.endswith(".")) or ">>>" in clean or clean in seen:
+        return False
+    seen.add(clean)
+    return True
+
+
+def main() -> None:
+    calibration, evaluation = sentences(CALIBRATION_MODULES), sentences(EVALUATION_MODULES)
+    evaluation = [s for s in evaluation if s not in set(calibration)]
+    (ASSETS / "text_calibration.txt").write_text("\n".join(calibration) + "\n")
+    (ASSETS / "text_evaluation.txt").write_text("\n".join(evaluation) + "\n")
+    print(f"Python {sys.version.split()[0]}: {len(calibration)} calibration, {len(evaluation)} evaluation sentences")
+
+
+if __name__ == "__main__":
+    main()
