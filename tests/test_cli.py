@@ -91,7 +91,7 @@ def test_calibrate_prune_eval_chain_on_digits(tmp_path, capsys):
         (["prune", "--ratio", "0.5", "--stats", "/nonexistent/s.safetensors"], "run `vbp calibrate"),
         (
             ["prune", "--ratio", "0.5", "--data", "/nonexistent/images"],
-            "data folder /nonexistent/images does not exist",
+            "data /nonexistent/images does not exist",
         ),
         (["eval", "--data", "synthetic"], "no labels"),
         (["eval", "--latency-batch", "0"], "--latency-batch must be at least 1"),

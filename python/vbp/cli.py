@@ -24,12 +24,24 @@ from .prune import prune
 from .recorder import BACKENDS
 from .report import format_summary, summarize, write_summary
 from .select import SCOPES, check_ratio, select
-from .sites import site_widths
+from .sites import find_sites, site_widths
 from .stats import Stats
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=MODEL_NAME, help=f"timm model name (default: the embedded {MODEL_NAME})")
+    p.add_argument(
+        "--model",
+        default=MODEL_NAME,
+        help=f"a timm name, hf:DIR_OR_ID (Hugging Face), tv:NAME (torchvision) or py:MODULE:FUNCTION (a builder of "
+        f"your own); default: the embedded {MODEL_NAME}",
+    )
+    p.add_argument(
+        "--sites",
+        action="append",
+        metavar="SPEC",
+        help="name the MLPs yourself, PARENTS:FC1->FC2 or PARENTS:GATE,UP->DOWN (repeatable), e.g. "
+        "'encoder.layer.*:intermediate.dense->output.dense'; default: found by the model's family",
+    )
     p.add_argument("--pretrained", action="store_true", help="load the model's pretrained timm weights")
     p.add_argument("--checkpoint", help="load weights from this file (safetensors or a torch state dict)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -39,7 +51,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         default="digits",
-        help="an ImageFolder directory, 'digits' (embedded) or 'synthetic' (random images); default digits",
+        help="an ImageFolder directory, a .txt file of sentences (one per line, for text models), 'digits' "
+        "(embedded) or 'synthetic' (random inputs); default digits",
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-batches", type=int, help="use at most this many batches")
@@ -85,7 +98,10 @@ def _load_weights(args, name: str) -> dict:
 
 
 def _model(args) -> torch.nn.Module:
-    return create_model(args.model, **_load_weights(args, args.model)).to(args.device)
+    model = create_model(args.model, **_load_weights(args, args.model)).to(args.device)
+    if args.sites:
+        find_sites(model, spec=args.sites)  # the spec stays with the model
+    return model
 
 
 def _data(args, model, split: str):
@@ -285,8 +301,11 @@ def cmd_sweep(args) -> None:
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
+    from .text_demo import run_text_demo
 
     run_demo(ratio=args.ratio, output=Path(args.output), device=args.device)
+    if not args.no_text:
+        run_text_demo(output=Path(args.output))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -384,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--output", default="out/demo", help="folder for the pruned model (default out/demo)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--no-text", action="store_true", help="skip the second part (all-MiniLM-L6-v2 on text)")
     p.set_defaults(func=cmd_demo)
     return parser
 

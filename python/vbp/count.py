@@ -51,7 +51,7 @@ def _extras() -> dict:
     return extras
 
 
-def _example(model: nn.Module, input_size: tuple[int, ...] | None):
+def example_input(model: nn.Module, input_size: tuple[int, ...] | None):
     """One zero input: of `input_size` (C, H, W) when given, else what the model's family says (a timm model's
     pretrained_cfg input size, an HF vision model's image size, or 128 tokens for an HF text model)."""
     if input_size is not None:
@@ -64,13 +64,13 @@ def _example(model: nn.Module, input_size: tuple[int, ...] | None):
 
 @torch.inference_mode()
 def count(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[int, int]:
-    """(MACs, parameters) of one forward pass of a single input (see `_example`)."""
+    """(MACs, parameters) of one forward pass of a single input (see `example_input`)."""
     param = next(model.parameters())
 
     def placed(t: torch.Tensor) -> torch.Tensor:  # floating inputs take the model's dtype; token ids stay integers
         return t.to(param.device, param.dtype if t.is_floating_point() else t.dtype)
 
-    x = _example(model, input_size)
+    x = example_input(model, input_size)
     was_training = model.training
     model.eval()
     try:

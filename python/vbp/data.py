@@ -1,4 +1,5 @@
-"""Data for calibration and evaluation: a folder of images, the embedded digits, or synthetic images."""
+"""Data for calibration and evaluation: a folder of images, a text file of sentences, the embedded digits,
+or synthetic inputs."""
 
 import os
 
@@ -7,14 +8,25 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from .count import example_input
 from .digits import digits_split
 from .errors import VbpError
+from .families import hf
+from .text import Sentences, Tokenize, read_sentences, tokenizer_of
 
 
-def synthetic(input_size: tuple[int, ...], num_images: int, seed: int = 0) -> TensorDataset:
-    """Random normal images [num_images, *input_size] with label 0: exercises an architecture, not accuracy."""
+def synthetic(model: nn.Module, num_inputs: int, seed: int = 0) -> TensorDataset:
+    """Random inputs shaped like the model's example input (normal images; uniform token ids for a text model),
+    with label 0: exercises an architecture, not accuracy."""
+    example = example_input(model, None)
     g = torch.Generator().manual_seed(seed)
-    return TensorDataset(torch.randn(num_images, *input_size, generator=g), torch.zeros(num_images, dtype=torch.int64))
+    if isinstance(example, dict):
+        ids = example["input_ids"]
+        vocab = getattr(getattr(model, "config", None), "vocab_size", 1000)
+        inputs = torch.randint(0, vocab, (num_inputs, *ids.shape[1:]), generator=g)
+    else:
+        inputs = torch.randn(num_inputs, *example.shape[1:], generator=g)
+    return TensorDataset(inputs, torch.zeros(num_inputs, dtype=torch.int64))
 
 
 def image_folder(path: str | os.PathLike, model: nn.Module, training: bool = False) -> Dataset:
@@ -23,23 +35,55 @@ def image_folder(path: str | os.PathLike, model: nn.Module, training: bool = Fal
     from torchvision.datasets import ImageFolder
 
     if not os.path.isdir(path):
-        raise VbpError(f"data folder {path} does not exist; give an ImageFolder directory, 'digits' or 'synthetic'")
-    config = timm.data.resolve_data_config(model=model)
+        raise VbpError(
+            f"data {path} does not exist; give an ImageFolder directory, a .txt file of sentences, 'digits' or "
+            "'synthetic'"
+        )
     try:
-        return ImageFolder(str(path), transform=timm.data.create_transform(**config, is_training=training))
+        return ImageFolder(str(path), transform=_image_transform(model, training))
     except (FileNotFoundError, RuntimeError) as exc:
         raise VbpError(f"no images found in {path}: {exc}") from exc
+
+
+def _image_transform(model: nn.Module, training: bool):
+    """A Hugging Face model's image processor; else timm's evaluation (or training) transforms for `model`."""
+    if hf.owns(model):
+        from transformers import AutoImageProcessor
+
+        path = model.config._name_or_path
+        try:
+            processor = AutoImageProcessor.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise VbpError(f"cannot load the image processor of {path}: {exc}") from exc
+        return ImageProcessorTransform(processor)
+    config = timm.data.resolve_data_config(model=model)
+    return timm.data.create_transform(**config, is_training=training)
+
+
+class ImageProcessorTransform:
+    """A PIL image -> the processor's pixel_values [C, H, W]."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]
 
 
 def dataset(
     spec: str, model: nn.Module, split: str = "train", num_images: int | None = None, training: bool = False
 ) -> Dataset:
-    """The data set named by `spec`: "digits" (its `split`), "synthetic" (`num_images` random images), or a
-    folder (read with training transforms when `training`)."""
+    """The data set named by `spec`: "digits" (its `split`), "synthetic" (`num_images` random inputs), a .txt
+    file of sentences (tokenized by the model's tokenizer), or an image folder (read with training transforms
+    when `training`)."""
     if spec == "digits":
         return digits_split(split)
     if spec == "synthetic":
-        return synthetic(tuple(model.pretrained_cfg["input_size"]), num_images or 1)
+        return synthetic(model, num_images or 1)
+    if os.path.isfile(spec):
+        if not spec.endswith(".txt"):
+            raise VbpError(f"{spec} is a file but not a .txt file of sentences; give a .txt file or an image folder")
+        return Sentences(read_sentences(spec), tokenizer_of(model))
     return image_folder(spec, model, training)
 
 
@@ -48,12 +92,18 @@ def loader(data: Dataset, batch_size: int) -> DataLoader:
     if batch_size < 1:
         raise VbpError(f"batch size must be at least 1, got {batch_size}")
     if len(data) == 0:
-        raise VbpError("the data set is empty; give data with at least one image")
-    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=loader_workers(data))
+        raise VbpError("the data set is empty; give data with at least one input")
+    base = _base(data)
+    collate = Tokenize(base.tokenizer) if isinstance(base, Sentences) else None
+    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=loader_workers(data), collate_fn=collate)
+
+
+def _base(data: Dataset) -> Dataset:
+    while isinstance(data, Subset):
+        data = data.dataset
+    return data
 
 
 def loader_workers(data: Dataset) -> int:
-    """Worker processes for decoding images; in-memory tensors need none."""
-    while isinstance(data, Subset):
-        data = data.dataset
-    return 0 if isinstance(data, TensorDataset) else min(4, os.cpu_count() or 1)
+    """Worker processes for decoding images; in-memory tensors and sentences need none."""
+    return 0 if isinstance(_base(data), (TensorDataset, Sentences)) else min(4, os.cpu_count() or 1)

@@ -49,8 +49,10 @@ def _register_gelus() -> None:
 
 
 def create(name: str, pretrained: bool = True, **kwargs) -> nn.Module:
-    """AutoModel.from_pretrained(name): a local folder works offline; an id needs the Hub (or its cache)."""
+    """AutoModel.from_pretrained(name), always with its weights: a local folder works offline; an id needs the
+    Hub (or its cache)."""
     transformers = _transformers()
+    transformers.utils.logging.disable_progress_bar()
     try:
         return transformers.AutoModel.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:

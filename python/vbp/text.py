@@ -1,0 +1,110 @@
+"""Text for calibration and evaluation: a file of sentences, batched through a model's tokenizer, and the
+sentence-embedding measures that compare a pruned text encoder with its original.
+
+A batch is the tokenizer's output (input_ids, attention_mask, ...): `vbp.calibrate` runs the model on it as
+keyword arguments and leaves padding out of the statistics.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .calibrate import run_model
+from .errors import VbpError
+
+MAX_TOKENS = 128  # sentences are truncated to this many tokens
+
+
+def read_sentences(path: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """The non-empty lines of a UTF-8 text file (at most `limit`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VbpError(f"text file {path} does not exist; give a file with one sentence per line")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except UnicodeDecodeError as exc:
+        raise VbpError(f"{path} is not UTF-8 text ({exc}); give a text file with one sentence per line") from exc
+    sentences = [line for line in lines if line][:limit]
+    if not sentences:
+        raise VbpError(f"{path} holds no sentences; give a text file with one sentence per line")
+    return sentences
+
+
+class Sentences(Dataset):
+    """A list of sentences as a data set (items are strings; `Tokenize` batches them with `tokenizer`)."""
+
+    def __init__(self, sentences: list[str], tokenizer=None):
+        self.sentences = sentences
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __getitem__(self, i: int) -> str:
+        return self.sentences[i]
+
+
+class Tokenize:
+    """collate_fn: a list of sentences -> the tokenizer's padded tensors (a dict), at most MAX_TOKENS each."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, sentences: list[str]) -> dict[str, torch.Tensor]:
+        out = self.tokenizer(sentences, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+        return dict(out)
+
+
+def text_loader(sentences: list[str] | Dataset, tokenizer, batch_size: int) -> DataLoader:
+    """Tokenized batches of `sentences` in a fixed order."""
+    if batch_size < 1:
+        raise VbpError(f"batch size must be at least 1, got {batch_size}")
+    data = sentences if isinstance(sentences, Dataset) else Sentences(sentences)
+    return DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=Tokenize(tokenizer))
+
+
+def tokenizer_of(model: nn.Module):
+    """The tokenizer saved beside a Hugging Face model (read from the folder or cache it was loaded from)."""
+    path = getattr(getattr(model, "config", None), "_name_or_path", "")
+    if not path:
+        raise VbpError("text data needs a Hugging Face model loaded from a folder (hf:DIR) that holds its tokenizer")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise VbpError(f"cannot load the tokenizer of {path}: {exc}") from exc
+
+
+@torch.inference_mode()
+def sentence_embeddings(model: nn.Module, batches) -> torch.Tensor:
+    """Mean-pooled last hidden states over each sentence's real tokens, L2-normalised, float64 [N, H]."""
+    device = next(model.parameters()).device
+    out = []
+    for batch in batches:
+        hidden = run_model(model, batch, device).last_hidden_state.double()
+        mask = batch["attention_mask"].to(device).unsqueeze(-1).double()
+        pooled = (hidden * mask).sum(1) / mask.sum(1)
+        out.append(nn.functional.normalize(pooled, dim=-1).cpu())
+    return torch.cat(out)
+
+
+def embedding_agreement(reference: torch.Tensor, embeddings: torch.Tensor) -> dict[str, float]:
+    """How close a model's embeddings [N, H] stay to the reference model's, both L2-normalised:
+    cosine: mean cosine similarity of each sentence's two embeddings;
+    nn_agreement: fraction of sentences whose nearest other sentence (by cosine) is the same under both."""
+    if reference.shape != embeddings.shape or reference.shape[0] < 2:
+        raise VbpError(f"need two [N >= 2, H] embedding sets of one shape, got {reference.shape} and {embeddings.shape}")
+
+    def nearest(e: torch.Tensor) -> torch.Tensor:
+        sim = e @ e.T
+        sim.fill_diagonal_(-float("inf"))
+        return sim.argmax(1)
+
+    return {
+        "cosine": float((reference * embeddings).sum(1).mean()),
+        "nn_agreement": float((nearest(reference) == nearest(embeddings)).double().mean()),
+    }
