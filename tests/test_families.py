@@ -71,6 +71,8 @@ def tv_swin():
 class HandWritten(nn.Module):
     """A module of our own: two residual MLPs whose layers no family knows by name."""
 
+    _vbp_input_shape = (6,)  # what vbp.count and synthetic data feed it
+
     def __init__(self):
         super().__init__()
         self.stages = nn.ModuleList(
@@ -247,3 +249,30 @@ def test_bad_specs_say_what_is_wrong(spec, message):
 def test_without_a_spec_errors_name_what_was_looked_for():
     with pytest.raises(vbp.VbpError, match="Looked for timm.*Hugging Face.*torchvision.*site spec"):
         vbp.find_sites(HandWritten())
+
+
+def test_no_timm_in_the_core():
+    """prune, the criteria, compact, calibration, checkpoints and the site API import no timm: only the timm
+    family adapter (and the embedded digits model, fine-tuning's optimizer and timm's image transforms) do."""
+    import ast
+    import pathlib
+
+    core = ("prune", "criteria", "compact", "calibrate", "recorder", "checkpoint", "sites", "stats", "select", "plan")
+    for name in core:
+        tree = ast.parse((pathlib.Path(vbp.__file__).parent / f"{name}.py").read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not [m for m in imported if m.split(".")[0] == "timm"], name
+
+
+def test_cli_prunes_a_user_model_by_spec(tmp_path, monkeypatch, capsys):
+    from vbp.cli import main
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    args = ["--model", "py:test_families:build_hand_written", "--sites", USER_SPEC, "--data", "synthetic"]
+    out = tmp_path / "out"
+    assert main(["prune", *args, "--ratio", "0.5", "--batch-size", "8", "--output", str(out)]) == 0
+    pruned = vbp.load_pruned(out / "model.safetensors")
+    assert sum(vbp.sites.site_widths(pruned).values()) == 19
+    assert main(["prune", *args[:2], "--data", "synthetic", "--ratio", "0.5"]) == 2
+    assert "site spec" in capsys.readouterr().err  # without --sites: no family knows these layers

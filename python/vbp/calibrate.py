@@ -38,10 +38,16 @@ def first_rows(inputs, n: int):
 
 
 def run_model(model: nn.Module, inputs, device: torch.device | str):
-    """model(inputs) on `device`, as positional input or as keyword arguments."""
+    """model(inputs) on `device`, as positional input or as keyword arguments; floating inputs take the model's
+    dtype (token ids and masks stay integers)."""
+    dtype = next(model.parameters()).dtype
+
+    def placed(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, dtype if t.is_floating_point() else t.dtype, non_blocking=True)
+
     if isinstance(inputs, Mapping):
-        return model(**{k: v.to(device, non_blocking=True) for k, v in inputs.items()})
-    return model(inputs.to(device, non_blocking=True))
+        return model(**{k: placed(v) for k, v in inputs.items()})
+    return model(placed(inputs))
 
 
 def padding_mask(inputs, device) -> torch.Tensor | None:

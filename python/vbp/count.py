@@ -6,12 +6,11 @@ free. Counted by PyTorch's FlopCounterMode, which sees the matmuls inside fused 
 vbp's own compact_mlp op (two GEMMs) of `vbp.compact`ed models.
 """
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .calibrate import run_model
 from .errors import VbpError
 from .families import family_of
 
@@ -65,17 +64,12 @@ def example_input(model: nn.Module, input_size: tuple[int, ...] | None):
 @torch.inference_mode()
 def count(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[int, int]:
     """(MACs, parameters) of one forward pass of a single input (see `example_input`)."""
-    param = next(model.parameters())
-
-    def placed(t: torch.Tensor) -> torch.Tensor:  # floating inputs take the model's dtype; token ids stay integers
-        return t.to(param.device, param.dtype if t.is_floating_point() else t.dtype)
-
     x = example_input(model, input_size)
     was_training = model.training
     model.eval()
     try:
         with FlopCounterMode(display=False, custom_mapping=_extras()) as counter:
-            model(**{k: placed(v) for k, v in x.items()}) if isinstance(x, Mapping) else model(placed(x))
+            run_model(model, x, next(model.parameters()).device)
     finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
