@@ -17,7 +17,7 @@ def test_sweep_rows_agree_with_count():
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
     stats = vbp.calibrate(model, loader(vbp.digits_split("train"), 512), progress=False)
     val = Subset(vbp.digits_split("test"), range(100))
-    methods = [Method.parse("variance+comp"), Method.parse("magnitude")]
+    methods = [Method.parse("variance+mean"), Method.parse("magnitude")]
     result = sweep(
         model,
         stats,
@@ -28,15 +28,15 @@ def test_sweep_rows_agree_with_count():
         FinetuneConfig(epochs=1, batch_size=32),
     )
     assert [(r["method"], r["rate"]) for r in result.rows] == [
-        ("variance+comp", 0.2),
-        ("variance+comp", 0.6),
+        ("variance+mean", 0.2),
+        ("variance+mean", 0.6),
         ("magnitude", 0.2),
         ("magnitude", 0.6),
     ]
     for row in result.rows:
         method = Method.parse(row["method"])
         plan = vbp.select(stats, row["rate"], criterion=method.criterion, model=model)
-        macs, params = vbp.count(vbp.prune(copy.deepcopy(model), plan, stats, compensate=method.compensate))
+        macs, params = vbp.count(vbp.prune(copy.deepcopy(model), plan, stats, compensation=method.compensation))
         assert row["gmacs"] == macs / 1e9 and row["mparams"] == params / 1e6
         assert 0 <= row["final_top1"] <= 100 and row["retention_pct"] == 100 * row["retention_top1"] / result.base_top1
     assert len(result.histories[("magnitude", 0.6)]) == 1
@@ -45,8 +45,10 @@ def test_sweep_rows_agree_with_count():
 
 
 def test_methods_parse():
-    assert Method.parse("random") == Method("random", False)
-    assert str(Method.parse("magnitude+comp")) == "magnitude+comp"
+    assert Method.parse("random") == Method("random", "none")
+    assert Method.parse("magnitude+comp") == Method("magnitude", "mean")  # the old name of mean-shift
+    assert str(Method.parse("redundancy+affine")) == "redundancy+affine"
+    assert Method.parse("redundancy").needs_covariance and not Method.parse("variance+mean").needs_covariance
     with pytest.raises(vbp.VbpError, match="unknown method"):
         Method.parse("variance+bias")
 
@@ -66,7 +68,7 @@ def test_sweep_command_writes_table_and_figures(tmp_path):
                 "--rates",
                 "0.3,0.6",
                 "--methods",
-                "variance+comp,random",
+                "variance+mean,random",
                 "--finetune-epochs",
                 "1",
                 "--samples",

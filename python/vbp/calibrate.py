@@ -15,6 +15,7 @@ from .models import model_device, model_name
 from .recorder import SiteRecorder, attach, resolve_backend
 from .reservoir import Reservoir
 from .sites import find_sites
+from .covariance import CoMoments
 from .stats import Moments, Stats
 
 
@@ -57,17 +58,37 @@ def padding_mask(inputs, device) -> torch.Tensor | None:
     return None
 
 
-def _start_state(
-    sites, name: str, device, checkpoint: Path | None, resume: bool
-) -> tuple[dict[str, Moments], int, int]:
-    """Running moments per site, batches and samples already done: zeros, or the checkpoint when resuming."""
+def _start_state(sites, name: str, device, checkpoint: Path | None, resume: bool, covariance: list[str]) -> Stats:
+    """Running statistics: zeros, or the checkpoint's when resuming."""
     if not resume:
-        return {s.name: Moments.zeros(s.width, device) for s in sites}, 0, 0
+        return Stats(
+            name,
+            {s.name: Moments.zeros(s.width, device) for s in sites},
+            covariances={s.name: CoMoments.zeros(s.width, device) for s in sites if s.name in covariance},
+        )
     if checkpoint is None or not checkpoint.exists():
         raise VbpError(f"nothing to resume: no calibration checkpoint at {checkpoint}")
     saved = Stats.load(checkpoint)
     saved.check_matches(name, {s.name: s.width for s in sites}, what="the model being calibrated")
-    return saved.to(device).sites, saved.batches, saved.images
+    if set(saved.covariances) != set(covariance):
+        raise VbpError(
+            f"the checkpoint {checkpoint} holds covariances of {sorted(saved.covariances) or 'no sites'}, but this run "
+            f"asks for {sorted(covariance) or 'none'}; resume with the same covariance option"
+        )
+    return saved.to(device)
+
+
+def _covariance_sites(covariance, sites) -> list[str]:
+    """covariance=True / False / site names -> the names of the sites that gather a covariance."""
+    names = [s.name for s in sites]
+    if covariance is True:
+        return names
+    if not covariance:
+        return []
+    unknown = sorted(set(covariance) - set(names))
+    if unknown:
+        raise VbpError(f"covariance asked for sites {unknown}, which the model does not have; its sites: {names[:4]}...")
+    return list(covariance)
 
 
 @torch.inference_mode()
@@ -84,6 +105,7 @@ def calibrate(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 0,
     resume: bool = False,
+    covariance: bool | Iterable[str] = False,
 ) -> Stats:
     """Statistics of every MLP site's post-activation values over `data`.
 
@@ -102,6 +124,9 @@ def calibrate(
     checkpoint / checkpoint_every / resume: save the running statistics atomically every K batches to
         `checkpoint`; `resume` continues from it, skipping the batches already done, and ends with the
         statistics of an uninterrupted run.
+    covariance: also gather each site's C x C covariance of the hidden value (True: every site; or an iterable
+        of site names), for affine compensation and the redundancy criterion. Costs one [N, C] x [C, N] GEMM per
+        site and batch and C^2 x 8 bytes per site (DeiT-B: 906 MB in all; see `vbp.covariance`).
     Every token (ViT, Swin, text) or spatial position (ConvNeXt) of every input is one sample per neuron. Under
     torch.distributed each rank calibrates its own shard and all ranks end with the merged statistics.
     """
@@ -117,9 +142,16 @@ def calibrate(
     name = name if name is not None else model_name(model)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     sites = find_sites(model)
-    start, done_batches, done_samples = _start_state(sites, name, device, checkpoint, resume)
+    start = _start_state(sites, name, device, checkpoint, resume, _covariance_sites(covariance, sites))
+    done_batches, done_samples = start.batches, start.images
     recorders = [
-        SiteRecorder(s, start[s.name], Reservoir(samples, seed=i) if samples else None, nonfinite)
+        SiteRecorder(
+            s,
+            start.sites[s.name],
+            Reservoir(samples, seed=i) if samples else None,
+            nonfinite,
+            start.covariances.get(s.name),
+        )
         for i, s in enumerate(sites)
     ]
 
@@ -130,6 +162,7 @@ def calibrate(
             batches=seen_batches,
             images=seen_samples,
             skipped={r.site.name: r.skipped for r in recorders},
+            covariances={r.site.name: r.covariance for r in recorders if r.covariance is not None},
         )
 
     handles = [attach(r, backend) for r in recorders]

@@ -1,5 +1,6 @@
 """Save and load pruned models of any family: safetensors weights plus JSON (where the architecture comes
-from, the site spec if any, and every site's width and whether its consumer has a bias).
+from, the site spec if any, every site's width and whether its consumer has a bias, and how it was pruned:
+criterion, compensation).
 
 Loading rebuilds the architecture through its family (`vbp.families`: a timm name and kwargs, an HF class
 and config, a torchvision name, a Python builder), narrows each MLP site to its saved width and loads the
@@ -16,6 +17,7 @@ from .errors import VbpError
 from .families.spec import model_spec, set_spec
 from .files import read_safetensors, write_safetensors
 from .models import build_model, model_source
+from .prune import PRUNING_RECORD
 from .sites import find_sites
 
 FORMAT = "vbp-model/2"
@@ -63,7 +65,8 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, name: str | None = No
             f"'{source['model']}' with {source.get('kwargs', {})} does not rebuild this model (first mismatched keys: "
             f"{mismatched[:3] or sorted(set(skeleton) - set(state))[:3]}); pass the right name= and kwargs="
         )
-    write_safetensors(path, state, {"format": FORMAT, "source": source, "spec": spec, "sites": sites})
+    pruning = model.__dict__.get(PRUNING_RECORD)
+    write_safetensors(path, state, {"format": FORMAT, "source": source, "spec": spec, "sites": sites, "pruning": pruning})
 
 
 def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
@@ -86,4 +89,6 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise VbpError(f"{path} does not match the model it names ('{source['model']}'): {exc}") from exc
+    if meta.get("pruning"):
+        model.__dict__[PRUNING_RECORD] = meta["pruning"]
     return model.to(device).eval()

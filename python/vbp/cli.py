@@ -11,7 +11,9 @@ import torch
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
 from .compact import KERNELS, compact
-from .criteria import CRITERIA
+from .compensation import COMPENSATIONS
+from .compensation.affine import DEFAULT_RIDGE
+from .criteria import CRITERIA, CRITERIA_BY_NAME
 from .data import dataset, loader
 from .digits import MODEL_NAME
 from .distributed import init_from_env, rank_and_world, shard, shutdown
@@ -72,7 +74,19 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 def _add_pruning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=SCOPES, default="global", help="rank neurons across all layers or per layer")
     p.add_argument("--criterion", choices=CRITERIA, default="variance", help="neuron score (default: VBP's variance)")
-    p.add_argument("--no-compensation", action="store_true", help="do not fold pruned neurons' means into fc2's bias")
+    p.add_argument(
+        "--compensation",
+        choices=list(COMPENSATIONS),
+        default="mean",
+        help="what replaces pruned hidden values: their mean (VBP), their least-squares prediction from the kept "
+        "ones (affine; calibrates with covariance), or nothing",
+    )
+    p.add_argument("--no-compensation", action="store_true", help="the same as --compensation none")
+    p.add_argument(
+        "--ridge",
+        type=float,
+        help=f"affine compensation's ridge, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE})",
+    )
     p.add_argument("--min-keep", type=int, default=1, help="keep at least this many neurons per MLP")
     p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
     p.add_argument("--stats", help="statistics from `vbp calibrate` (default: calibrate on --data now)")
@@ -88,7 +102,24 @@ def _pruned(args, model, stats):
         criterion=args.criterion,
         model=model,
     )
-    return plan, prune(copy.deepcopy(model), plan, stats, compensate=not args.no_compensation)
+    return plan, prune(copy.deepcopy(model), plan, stats, compensation=_compensation(args), ridge=args.ridge)
+
+
+def _compensation(args) -> str:
+    return "none" if args.no_compensation else args.compensation
+
+
+def _needs_covariance(args) -> bool:
+    """Whether the chosen criterion or compensation (or --covariance) needs covariances calibrated."""
+    if getattr(args, "covariance", False):
+        return True
+    if getattr(args, "methods", None) is not None and not getattr(args, "criterion", None):
+        from .sweep import Method
+
+        return any(Method.parse(m).needs_covariance for m in args.methods.split(","))
+    criterion = getattr(args, "criterion", None) or "variance"
+    compensation = _compensation(args) if hasattr(args, "compensation") else "none"
+    return "covariance" in CRITERIA_BY_NAME[criterion].needs | COMPENSATIONS[compensation].needs
 
 
 def _load_weights(args, name: str) -> dict:
@@ -125,6 +156,7 @@ def _calibrate(args, model, samples: int = 0, **resume) -> Stats:
         samples=samples,
         backend=args.backend,
         nonfinite="skip" if args.skip_nonfinite else "error",
+        covariance=_needs_covariance(args),
         **resume,
     )
     if any(stats.skipped.values()):
@@ -279,7 +311,7 @@ def cmd_sweep(args) -> None:
 
     rates = parse_rates(args.rates)
     if args.criterion:
-        methods = [Method(args.criterion, not args.no_compensation)]
+        methods = [Method(args.criterion, _compensation(args))]
     else:
         methods = [Method.parse(m) for m in args.methods.split(",")]
     output = Path(args.output)
@@ -323,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the running statistics to STATS.partial every K batches (for --resume)",
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from STATS.partial")
+    p.add_argument(
+        "--covariance",
+        action="store_true",
+        help="also gather every site's hidden-value covariance (for --compensation affine and --criterion "
+        "redundancy; C^2 x 8 bytes per site)",
+    )
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("prune", help="prune the lowest-variance MLP neurons, with mean-shift compensation")
@@ -387,11 +425,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="comma-separated pruning rates")
     p.add_argument(
         "--methods",
-        default="variance+comp,variance,magnitude,random",
-        help="comma-separated criterion[+comp] (first one's plan is used for the activation figures)",
+        default="variance+mean,variance,magnitude,random",
+        help="comma-separated CRITERION[+COMPENSATION], e.g. variance+mean (VBP), variance+affine, redundancy+affine "
+        "(the first one's plan is used for the activation figures)",
     )
     p.add_argument("--criterion", choices=CRITERIA, help="sweep this criterion alone (instead of --methods)")
     p.add_argument("--no-compensation", action="store_true", help="with --criterion: without mean-shift compensation")
+    p.set_defaults(compensation="mean")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every pruned model this many epochs")
     p.add_argument("--samples", type=int, default=4096, help="activation values sampled per site for histograms")
     p.add_argument("--figure-rate", type=float, default=0.5, help="rate shown in the layer and curve figures")

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, Subset
 
-from .stats import Moments, Stats
+from .stats import Stats
 
 
 def init_from_env(device: str) -> str:
@@ -63,31 +63,25 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 def all_gather_stats(stats: Stats) -> Stats:
     """Every rank's statistics merged (Chan's formula, in rank order): all ranks return the same result.
 
-    Outside torch.distributed, `stats` itself. Activation samples stay those of the local rank.
+    Sent as `Stats.to_tensors` gives them (the files' serialisation): metadata as objects, tensors as one
+    float64 vector. Outside torch.distributed, `stats` itself. Activation samples stay those of the local rank.
     """
     _, world = rank_and_world()
     if world == 1:
         return stats
-    names = list(stats.sites)
-    device = _collective_device(next(iter(stats.sites.values())).mean.device)
-    # one float64 vector per rank: [batches, images, then per site: count, skipped, mean..., m2...]
-    parts = [torch.tensor([stats.batches, stats.images], dtype=torch.float64)]
-    for n in names:
-        m = stats.sites[n]
-        parts += [torch.tensor([m.count, stats.skipped.get(n, 0)], dtype=torch.float64), m.mean.cpu(), m.m2.cpu()]
-    local = torch.cat(parts).to(device)
-    gathered = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(gathered, local)
+    local = replace(stats, samples=None)
+    tensors, meta = local.to_tensors()
+    names = sorted(tensors)
+    home = next(iter(tensors.values())).device
+    flat = torch.cat([tensors[n].double().flatten() for n in names]).to(_collective_device(home))
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    metas = [None] * world
+    dist.all_gather_object(metas, meta)
     merged = None
-    for vec in gathered:
-        vec, offset = vec.to(stats.sites[names[0]].mean.device), 2
-        sites, skipped = {}, {}
-        for n in names:
-            width = stats.sites[n].mean.numel()
-            count, skip = int(vec[offset]), int(vec[offset + 1])
-            mean, m2 = vec[offset + 2 : offset + 2 + width], vec[offset + 2 + width : offset + 2 + 2 * width]
-            sites[n], skipped[n] = Moments(count, mean.clone(), m2.clone()), skip
-            offset += 2 + 2 * width
-        part = replace(stats, sites=sites, batches=int(vec[0]), images=int(vec[1]), skipped=skipped)
+    for vec, rank_meta in zip(gathered, metas):
+        pieces = vec.to(home).split([tensors[n].numel() for n in names])
+        rank_tensors = {n: p.view_as(tensors[n]).clone() for n, p in zip(names, pieces)}
+        part = Stats.from_tensors(rank_tensors, rank_meta, source="statistics from another rank")
         merged = part if merged is None else merged.merge(part)
     return replace(merged, samples=stats.samples)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .activations import gelu_kind
+from .covariance import CoMoments
 from .errors import VbpError
 from .reservoir import Reservoir
 from .sites import MlpSite, set_submodule, hidden_channels_last
@@ -33,9 +34,17 @@ class SiteRecorder:
     nonfinite="skip": such a batch is left out and counted in `skipped` (one host sync per batch on CUDA).
     """
 
-    def __init__(self, site: MlpSite, moments: Moments, reservoir: Reservoir | None, nonfinite: str):
+    def __init__(
+        self,
+        site: MlpSite,
+        moments: Moments,
+        reservoir: Reservoir | None,
+        nonfinite: str,
+        covariance: CoMoments | None = None,
+    ):
         self.site = site
         self.moments = moments
+        self.covariance = covariance
         self.reservoir = reservoir
         self.nonfinite = nonfinite
         self.batch = 0
@@ -68,6 +77,9 @@ class SiteRecorder:
         elif not finite:
             self._fail(self.batch)
         self.moments = self.moments.merge(update)
+        if self.covariance is not None:  # shifted by the running mean, close to this batch's
+            shift = self.covariance.mean if self.covariance.count else None
+            self.covariance = self.covariance.merge(CoMoments.of(self.samples(post), shift))
         if self.reservoir is not None and pre is not None:
             self.reservoir.add(self.samples(pre), self.samples(post))
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .covariance import CoMoments
 from .errors import VbpError
 from .files import read_safetensors, write_safetensors
 
 # Rows of a batch reduced at once: bounds the float64 copy to ~128 MB whatever the batch size.
 _CHUNK_ELEMENTS = 1 << 24
-FORMAT = "vbp-stats/1"
+FORMAT = "vbp-stats/2"  # version 2 may hold covariances; version 1 files (moments only) still load
+FORMAT_V1 = "vbp-stats/1"
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,10 @@ class Stats:
 
     samples: optional site name -> {"pre": [k, C], "post": [k, C]}, a uniform sample of activation values
     before and after the non-linearity (see `calibrate(samples=k)`).
-    batches, images: how many calibration batches and images went in; skipped: batches left out per site
+    batches, images: how many calibration batches and inputs went in; skipped: batches left out per site
     because of NaN/Inf (calibrate(nonfinite="skip")).
+    covariances: site name -> CoMoments, for the sites calibrated with `covariance=` (affine compensation
+    and the redundancy criterion need them).
     """
 
     model: str
@@ -83,6 +87,7 @@ class Stats:
     batches: int = 0
     images: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    covariances: dict[str, CoMoments] = field(default_factory=dict)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -94,16 +99,28 @@ class Stats:
     def variance(self, site: str) -> torch.Tensor:
         return self.sites[site].variance
 
+    def covariance(self, site: str, needed_for: str = "this") -> torch.Tensor:
+        """[C, C] float64 covariance of a site's hidden value; a clear error when it was not gathered."""
+        if site not in self.covariances:
+            raise VbpError(
+                f"{needed_for} needs the covariance of site '{site}', which these statistics lack; calibrate again "
+                "with covariance (vbp.calibrate(..., covariance=True), vbp calibrate --covariance)"
+            )
+        return self.covariances[site].covariance
+
     def merge(self, other: "Stats") -> "Stats":
         """Statistics of the union of both sets of samples (e.g. two shards of a data set)."""
         self.check_matches(other.model, other.widths, what="the other statistics")
         skipped = {n: self.skipped.get(n, 0) + other.skipped.get(n, 0) for n in self.sites}
+        if set(self.covariances) != set(other.covariances):
+            raise VbpError("cannot merge statistics with covariances of different sites")
         return replace(
             self,
             sites={n: m.merge(other.sites[n]) for n, m in self.sites.items()},
             batches=self.batches + other.batches,
             images=self.images + other.images,
             skipped=skipped,
+            covariances={n: c.merge(other.covariances[n]) for n, c in self.covariances.items()},
         )
 
     def check_matches(self, model: str, widths: dict[str, int], what: str = "the model") -> None:
@@ -119,15 +136,20 @@ class Stats:
 
     def to(self, device: torch.device | str) -> "Stats":
         return replace(
-            self, sites={n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()}
+            self,
+            sites={n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()},
+            covariances={n: c.to(device) for n, c in self.covariances.items()},
         )
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a safetensors file (mean and m2 per site) whose metadata holds model, sites, widths, counts."""
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors by name, JSON metadata): the one serialisation of files and of torch.distributed."""
         tensors = {}
         for name, m in self.sites.items():
             tensors[f"{name}/mean"] = m.mean
             tensors[f"{name}/m2"] = m.m2
+        for name, c in self.covariances.items():
+            tensors[f"{name}/cov_mean"] = c.mean
+            tensors[f"{name}/comoment"] = c.comoment
         for name, sample in (self.samples or {}).items():
             tensors[f"{name}/sample_pre"] = sample["pre"]
             tensors[f"{name}/sample_post"] = sample["post"]
@@ -137,31 +159,58 @@ class Stats:
             "sites": list(self.sites),
             "widths": self.widths,
             "counts": {n: m.count for n, m in self.sites.items()},
+            "covariance_counts": {n: c.count for n, c in self.covariances.items()},
             "batches": self.batches,
             "images": self.images,
             "skipped": self.skipped,
         }
-        write_safetensors(path, tensors, meta)
+        return tensors, meta
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], meta: dict, source: str = "the statistics") -> "Stats":
+        """The inverse of `to_tensors` (also reads version 1 metadata); clear errors for incomplete or malformed data."""
+        try:
+            sites = {}
+            for name in meta["sites"]:
+                count = _count(meta["counts"][name])
+                mean, m2 = tensors[f"{name}/mean"], tensors[f"{name}/m2"]
+                if mean.shape != m2.shape or mean.dim() != 1:
+                    raise ValueError(f"site {name}: mean {tuple(mean.shape)} and m2 {tuple(m2.shape)} differ")
+                sites[name] = Moments(count, mean, m2)
+            covariances = {
+                name: CoMoments(_count(n), tensors[f"{name}/cov_mean"], tensors[f"{name}/comoment"])
+                for name, n in meta.get("covariance_counts", {}).items()
+            }
+            samples = {
+                name: {"pre": tensors[f"{name}/sample_pre"], "post": tensors[f"{name}/sample_post"]}
+                for name in meta["sites"]
+                if f"{name}/sample_pre" in tensors
+            }
+            return cls(
+                str(meta["model"]),
+                sites,
+                samples or None,
+                _count(meta.get("batches", 0)),
+                _count(meta.get("images", 0)),
+                {str(k): _count(v) for k, v in meta.get("skipped", {}).items()},
+                covariances,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise VbpError(f"{source} are incomplete or malformed ({exc!r}); calibrate again") from exc
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a safetensors file (mean and m2, and covariance where gathered, per site) whose metadata holds
+        model, sites, widths and counts."""
+        write_safetensors(path, *self.to_tensors())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Stats":
-        tensors, meta = read_safetensors(path, FORMAT, "statistics")
-        sites = {}
-        try:
-            for name in meta["sites"]:
-                sites[name] = Moments(int(meta["counts"][name]), tensors[f"{name}/mean"], tensors[f"{name}/m2"])
-        except KeyError as exc:
-            raise VbpError(f"{path} is not a complete vbp statistics file (missing {exc}); calibrate again") from exc
-        samples = {
-            name: {"pre": tensors[f"{name}/sample_pre"], "post": tensors[f"{name}/sample_post"]}
-            for name in meta["sites"]
-            if f"{name}/sample_pre" in tensors
-        }
-        return cls(
-            meta["model"],
-            sites,
-            samples or None,
-            meta.get("batches", 0),
-            meta.get("images", 0),
-            meta.get("skipped", {}),
-        )
+        tensors, meta = read_safetensors(path, (FORMAT, FORMAT_V1), "statistics")
+        return cls.from_tensors(tensors, meta, source=f"the statistics in {path}")
+
+
+def _count(value) -> int:
+    """A non-negative integer count from metadata (JSON may give 3, 3.0 or "3"; never -1 or 2.5)."""
+    if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
+        raise ValueError(f"a count must be a non-negative integer, got {value!r}")
+    return int(float(value))

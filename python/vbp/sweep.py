@@ -1,7 +1,8 @@
 """The rate sweep: calibrate once, then for each pruning method and rate prune, evaluate, optionally fine-tune.
 
-A method is a criterion with or without mean-shift compensation, written "variance+comp", "magnitude",
-"random", "variance" (no compensation), ... The table is shaped like the paper's Table 10.
+A method is a criterion and a compensation, written "criterion+compensation": "variance+mean" (VBP),
+"variance+affine", "redundancy+affine", "magnitude" (no compensation), ... ("+comp" is "+mean"). The table is
+shaped like the paper's Table 10.
 """
 
 import copy
@@ -13,7 +14,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .count import count
-from .criteria import CRITERIA
+from .compensation import COMPENSATIONS
+from .criteria import CRITERIA, CRITERIA_BY_NAME
 from .data import loader
 from .errors import VbpError
 from .evaluate import accuracy
@@ -25,23 +27,31 @@ from .report import change
 from .select import check_ratio, select
 from .stats import Stats
 
-DEFAULT_METHODS = ("variance+comp", "variance", "magnitude", "random")
+DEFAULT_METHODS = ("variance+mean", "variance", "magnitude", "random")
 
 
 @dataclass(frozen=True)
 class Method:
     criterion: str
-    compensate: bool
+    compensation: str = "none"
 
     @classmethod
     def parse(cls, text: str) -> "Method":
-        criterion, _, suffix = text.partition("+")
-        if criterion not in CRITERIA or suffix not in ("", "comp"):
-            raise VbpError(f"unknown method '{text}': use a criterion from {CRITERIA}, optionally with '+comp'")
-        return cls(criterion, suffix == "comp")
+        criterion, _, compensation = text.partition("+")
+        compensation = {"": "none", "comp": "mean"}.get(compensation, compensation)
+        if criterion not in CRITERIA or compensation not in COMPENSATIONS:
+            raise VbpError(
+                f"unknown method '{text}': write CRITERION[+COMPENSATION] with a criterion from {', '.join(CRITERIA)} "
+                f"and a compensation from {', '.join(COMPENSATIONS)}"
+            )
+        return cls(criterion, compensation)
+
+    @property
+    def needs_covariance(self) -> bool:
+        return "covariance" in CRITERIA_BY_NAME[self.criterion].needs | COMPENSATIONS[self.compensation].needs
 
     def __str__(self) -> str:
-        return self.criterion + ("+comp" if self.compensate else "")
+        return self.criterion + ("" if self.compensation == "none" else f"+{self.compensation}")
 
 
 def check_rates(rates: list[float]) -> list[float]:
@@ -94,7 +104,7 @@ def sweep(
     for method in methods:
         for rate in rates:
             plan = select(stats, rate, criterion=method.criterion, model=model, seed=seed)
-            pruned = prune(copy.deepcopy(model), plan, stats, compensate=method.compensate)
+            pruned = prune(copy.deepcopy(model), plan, stats, compensation=method.compensation)
             macs, params = count(pruned)
             top1 = accuracy(pruned, val_loader, progress=False)["top1"]
             row = {

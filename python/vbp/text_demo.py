@@ -18,7 +18,7 @@ from .sweep import Method
 from .text import embedding_agreement, sentence_embeddings, text_loader
 
 RATES = (0.3, 0.5, 0.7)
-METHODS = ("variance+comp", "variance", "magnitude", "random")
+METHODS = ("variance+mean", "variance", "magnitude", "random")
 CALIBRATION_SENTENCES = 1024
 EVALUATION_SENTENCES = 512
 BATCH = 64
@@ -40,13 +40,14 @@ def run_text_demo(output: Path = Path("out/demo"), rates=RATES, methods=METHODS)
     model, tokenizer = load_minilm()
     calibration = text_loader(calibration_sentences(CALIBRATION_SENTENCES), tokenizer, BATCH)
     evaluation = text_loader(evaluation_sentences(EVALUATION_SENTENCES), tokenizer, BATCH)
-    stats = calibrate(model, calibration, progress=False)
+    methods = [Method.parse(m) for m in methods]
+    stats = calibrate(model, calibration, progress=False, covariance=any(m.needs_covariance for m in methods))
     reference = sentence_embeddings(model, evaluation)
     rows = []
     for rate in rates:
-        for method in map(Method.parse, methods):
+        for method in methods:
             plan = select(stats, rate, criterion=method.criterion, model=model)
-            pruned = prune(copy.deepcopy(model), plan, stats, compensate=method.compensate)
+            pruned = prune(copy.deepcopy(model), plan, stats, compensation=method.compensation)
             agreement = embedding_agreement(reference, sentence_embeddings(pruned, evaluation))
             rows.append({"method": str(method), "rate": rate, **agreement})
     table = text_table(rows)
