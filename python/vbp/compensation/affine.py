@@ -30,7 +30,10 @@ def affine_predictor(
     lam = ridge * float(s_kk.diagonal().mean())
     system = s_kk + lam * torch.eye(len(keep), dtype=cov.dtype, device=cov.device)
     factor, info = torch.linalg.cholesky_ex(system)
-    if int(info) != 0 or not torch.isfinite(factor).all():
+    pivots = factor.diagonal().square()
+    # a pivot at rounding level is a singular system that rounding happened to keep positive
+    singular = int(info) != 0 or float(pivots.min()) <= float(pivots.max()) * len(keep) * torch.finfo(cov.dtype).eps
+    if singular or not torch.isfinite(factor).all():
         raise VbpError(
             f"affine compensation at site '{site}': the kept neurons' covariance (plus ridge {ridge}) is not "
             "positive definite (kept neurons that are constant or exact copies of others); raise the ridge "
