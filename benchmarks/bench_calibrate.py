@@ -28,3 +28,11 @@ def test_plain_inference(benchmark, deit_small):
 def test_calibrate_torch_backend(benchmark, deit_small):
     model, batches = deit_small
     benchmark.pedantic(lambda: vbp.calibrate(model, batches, progress=False), rounds=5, warmup_rounds=1)
+
+
+def test_calibrate_with_covariance(benchmark, deit_small):
+    """The same calibration also gathering every site's 1536 x 1536 covariance (one GEMM per site and batch)."""
+    model, batches = deit_small
+    benchmark.pedantic(
+        lambda: vbp.calibrate(model, batches, progress=False, covariance=True), rounds=5, warmup_rounds=1
+    )

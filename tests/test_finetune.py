@@ -82,14 +82,25 @@ def test_teacher_with_other_classes_and_foreign_checkpoint_are_refused(digits_pr
         output=tmp_path,
         progress=False,
     )
+    with pytest.raises(vbp.VbpError, match=r"other options.*epochs \(now 2, saved 1\), lr \(now 0.001"):
+        finetune(
+            copy.deepcopy(digits_pruned[1]),
+            vbp.digits_split("train"),
+            None,
+            FinetuneConfig(epochs=2, batch_size=32, lr=1e-3),
+            output=tmp_path,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(vbp.VbpError, match="checkpoint of another model"):
         finetune(
             copy.deepcopy(digits_pruned[0]),
             vbp.digits_split("train"),
             None,
-            FinetuneConfig(epochs=2),
+            FinetuneConfig(epochs=2, batch_size=32, lr=1e-3),
             output=tmp_path,
             resume=True,
+            accept_changes=True,
         )
 
 

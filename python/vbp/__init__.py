@@ -3,6 +3,8 @@
 model + data --calibrate--> Stats --select--> Plan --prune--> pruned model --save_pruned--> file
 """
 
+from importlib import metadata as _metadata
+
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
 from .compact import CompactMlp, compact
@@ -13,14 +15,21 @@ from .models import create_model
 from .plan import Plan
 from .prune import prune
 from .select import select
+from .families.spec import SiteSpec
 from .sites import MlpSite, find_sites
 from .stats import Moments, Stats
+
+try:
+    __version__ = _metadata.version("vbp")
+except _metadata.PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CompactMlp",
     "MlpSite",
     "Moments",
     "Plan",
+    "SiteSpec",
     "Stats",
     "VbpError",
     "calibrate",

@@ -58,18 +58,28 @@ def padding_mask(inputs, device) -> torch.Tensor | None:
     return None
 
 
-def _start_state(sites, name: str, device, checkpoint: Path | None, resume: bool, covariance: list[str]) -> Stats:
-    """Running statistics: zeros, or the checkpoint's when resuming."""
+def _start_state(
+    sites, name: str, device, checkpoint: Path | None, resume: bool, covariance: list[str], run: dict, accept: bool
+) -> Stats:
+    """Running statistics: zeros, or the checkpoint's when resuming (refused if `run` differs, unless `accept`)."""
     if not resume:
         return Stats(
             name,
             {s.name: Moments.zeros(s.width, device) for s in sites},
             covariances={s.name: CoMoments.zeros(s.width, device) for s in sites if s.name in covariance},
+            run=run,
         )
     if checkpoint is None or not checkpoint.exists():
         raise VbpError(f"nothing to resume: no calibration checkpoint at {checkpoint}")
     saved = Stats.load(checkpoint)
     saved.check_matches(name, {s.name: s.width for s in sites}, what="the model being calibrated")
+    changed = sorted(k for k in run.keys() & saved.run.keys() if run[k] != saved.run[k])
+    if changed and not accept:
+        raise VbpError(
+            f"--resume with other options than the checkpoint {checkpoint} was made with: "
+            + ", ".join(f"{k} (now {run[k]!r}, saved {saved.run[k]!r})" for k in changed)
+            + "; use the same options, or accept the change (--resume-anyway)"
+        )
     if set(saved.covariances) != set(covariance):
         raise VbpError(
             f"the checkpoint {checkpoint} holds covariances of {sorted(saved.covariances) or 'no sites'}, but this run "
@@ -106,6 +116,8 @@ def calibrate(
     checkpoint_every: int = 0,
     resume: bool = False,
     covariance: bool | Iterable[str] = False,
+    run: dict | None = None,
+    accept_changes: bool = False,
 ) -> Stats:
     """Statistics of every MLP site's post-activation values over `data`.
 
@@ -124,6 +136,8 @@ def calibrate(
     checkpoint / checkpoint_every / resume: save the running statistics atomically every K batches to
         `checkpoint`; `resume` continues from it, skipping the batches already done, and ends with the
         statistics of an uninterrupted run.
+    run / accept_changes: the options that shape the statistics (data, batch size, weights, ...), recorded in
+        the statistics and checkpoints; resuming with other values is refused unless `accept_changes`.
     covariance: also gather each site's C x C covariance of the hidden value (True: every site; or an iterable
         of site names), for affine compensation and the redundancy criterion. Costs one [N, C] x [C, N] GEMM per
         site and batch and C^2 x 8 bytes per site (DeiT-B: 906 MB in all; see `vbp.covariance`).
@@ -142,7 +156,10 @@ def calibrate(
     name = name if name is not None else model_name(model)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     sites = find_sites(model)
-    start = _start_state(sites, name, device, checkpoint, resume, _covariance_sites(covariance, sites))
+    run = dict(run or {})
+    start = _start_state(
+        sites, name, device, checkpoint, resume, _covariance_sites(covariance, sites), run, accept_changes
+    )
     done_batches, done_samples = start.batches, start.images
     recorders = [
         SiteRecorder(
@@ -163,6 +180,7 @@ def calibrate(
             images=seen_samples,
             skipped={r.site.name: r.skipped for r in recorders},
             covariances={r.site.name: r.covariance for r in recorders if r.covariance is not None},
+            run=run,
         )
 
     handles = [attach(r, backend) for r in recorders]

@@ -2,6 +2,7 @@
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -18,31 +19,40 @@ from .data import dataset, loader
 from .digits import MODEL_NAME
 from .distributed import init_from_env, rank_and_world, shard, shutdown
 from .errors import VbpError
-from .evaluate import accuracy, latencies, latency_images
+from .evaluate import accuracy, latencies, latency_images, retention
 from .files import check_writable
 from .finetune import FinetuneConfig, finetune
 from .models import create_model, model_name, model_source
 from .prune import prune
 from .recorder import BACKENDS
 from .report import format_summary, summarize, write_summary
-from .select import SCOPES, check_ratio, select
+from .select import SCOPES, check_ratio, check_selection_options, select
 from .sites import find_sites, site_widths
 from .stats import Stats
+
+
+SHOW_DEFAULTS = argparse.ArgumentDefaultsHelpFormatter  # every command's --help shows its defaults
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default=MODEL_NAME,
-        help=f"a timm name, hf:DIR_OR_ID (Hugging Face), tv:NAME (torchvision) or py:MODULE:FUNCTION (a builder of "
-        f"your own); default: the embedded {MODEL_NAME}",
+        help="a timm name, hf:DIR_OR_ID (Hugging Face), tv:NAME (torchvision) or py:MODULE:FUNCTION (a builder of "
+        "your own); the default is the embedded digits ViT",
     )
     p.add_argument(
         "--sites",
         action="append",
         metavar="SPEC",
         help="name the MLPs yourself, PARENTS:FC1->FC2 or PARENTS:GATE,UP->DOWN (repeatable), e.g. "
-        "'encoder.layer.*:intermediate.dense->output.dense'; default: found by the model's family",
+        "'encoder.layer.*:intermediate.dense->output.dense'; without it the model's family finds them",
     )
     p.add_argument("--pretrained", action="store_true", help="load the model's pretrained timm weights")
     p.add_argument("--checkpoint", help="load weights from this file (safetensors or a torch state dict)")
@@ -128,8 +138,26 @@ def _load_weights(args, name: str) -> dict:
     return dict(pretrained=pretrained, checkpoint=args.checkpoint)
 
 
+def _check_device(device: str) -> str:
+    """A clear error for a device that does not parse or is not here, before any work."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise VbpError(f"--device '{device}' is not a device name; use cpu, cuda or cuda:N") from exc
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise VbpError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+    return device
+
+
 def _model(args) -> torch.nn.Module:
-    model = create_model(args.model, **_load_weights(args, args.model)).to(args.device)
+    weights = _load_weights(args, args.model)
+    model = create_model(args.model, **weights).to(_check_device(args.device))
+    if not (weights["pretrained"] or weights["checkpoint"] or args.model.startswith("hf:")):
+        print(
+            f"warning: {args.model} has random weights (no --pretrained, no --checkpoint): accuracy, retention and "
+            "the choice of neurons say nothing about a trained model",
+            file=sys.stderr,
+        )
     if args.sites:
         find_sites(model, spec=args.sites)  # the spec stays with the model
     return model
@@ -139,6 +167,15 @@ def _data(args, model, split: str):
     """Batches of --data (this process's shard of it under torchrun)."""
     num_images = args.batch_size * (args.num_batches or 1)
     return loader(shard(dataset(args.data, model, split=split, num_images=num_images)), args.batch_size)
+
+
+def _limited(batches, num_batches: int | None):
+    """The first num_batches batches (all when None), as a re-iterable list or the loader itself."""
+    if num_batches is None:
+        return batches
+    if num_batches < 1:
+        raise VbpError(f"--num-batches must be at least 1, got {num_batches}")
+    return list(itertools.islice(batches, num_batches))
 
 
 def _val_dataset(args, model):
@@ -157,11 +194,18 @@ def _calibrate(args, model, samples: int = 0, **resume) -> Stats:
         backend=args.backend,
         nonfinite="skip" if args.skip_nonfinite else "error",
         covariance=_needs_covariance(args),
+        run=_run_options(args),
         **resume,
     )
     if any(stats.skipped.values()):
         print(f"left out batches with NaN/Inf activations, per site: {stats.skipped}")
     return stats
+
+
+def _run_options(args) -> dict:
+    """The options that shape calibration statistics, recorded with them (and checked on --resume)."""
+    names = ("model", "pretrained", "checkpoint", "sites", "data", "batch_size", "num_batches", "skip_nonfinite")
+    return {n: getattr(args, n) for n in names}
 
 
 def _calibrated_stats(args, model) -> Stats:
@@ -186,7 +230,14 @@ def cmd_calibrate(args) -> None:
     partial = Path(f"{args.stats}.partial" + (f".rank{rank}" if world > 1 else ""))
     model = _model(args)
     try:
-        stats = _calibrate(args, model, checkpoint=partial, checkpoint_every=args.checkpoint_every, resume=args.resume)
+        stats = _calibrate(
+            args,
+            model,
+            checkpoint=partial,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            accept_changes=args.resume_anyway,
+        )
     finally:
         shutdown()
     if rank == 0:
@@ -204,6 +255,7 @@ def cmd_prune(args) -> None:
     for path in filter(None, (args.summary, args.output and Path(args.output) / "model.safetensors")):
         check_writable(path)
     model = _model(args)
+    check_selection_options(site_widths(model), args.min_keep, args.round_to)
     stats = _calibrated_stats(args, model)
     plan, pruned = _pruned(args, model, stats)
     summary = summarize(model, pruned, args.model, args.ratio)
@@ -228,6 +280,8 @@ def _reference(args, pruned: torch.nn.Module) -> torch.nn.Module:
 
 
 def cmd_eval(args) -> None:
+    if args.pruned and args.ratio is not None:
+        raise VbpError("--pruned evaluates a model pruned before and --ratio prunes one now: give one of them")
     if args.data == "synthetic":
         raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
     if args.latency_batch is not None and args.latency_batch < 1:
@@ -252,15 +306,16 @@ def _evaluate(args) -> dict:
         model = None
         if args.ratio is not None:
             check_ratio(args.ratio)
+            check_selection_options(site_widths(reference), args.min_keep, args.round_to)
             model = _pruned(args, reference, _calibrated_stats(args, reference))[1]
-    val = _data(args, reference, "test")
+    val = _limited(_data(args, reference, "test"), args.num_batches)
     evaluated = model if model is not None else reference
     if args.compact:
         evaluated = compact(evaluated, args.compact)
     result = accuracy(evaluated, val)
     if model is not None:
         base = accuracy(reference, val, progress=False)
-        result.update(reference_top1=base["top1"], retention_pct=100 * result["top1"] / base["top1"])
+        result.update(reference_top1=base["top1"], retention_pct=retention(result["top1"], base["top1"]))
     if args.latency_batch:
         images = latency_images(val, args.latency_batch, args.device)
         timed = {"model": evaluated} if model is None else {"model": evaluated, "reference": reference}
@@ -280,6 +335,7 @@ def cmd_finetune(args) -> None:
         seed=args.seed,
         kd_alpha=0.0 if args.no_kd else args.kd_alpha,
         kd_temperature=args.kd_temperature,
+        max_batches=args.num_batches,
     )
     config.validate()
     output = Path(args.output)
@@ -296,7 +352,10 @@ def cmd_finetune(args) -> None:
     train = dataset(args.data, student, split="train", training=True)
     val = _val_dataset(args, student)
     try:
-        history = finetune(student, train, val, config, teacher=teacher, output=output, resume=args.resume)
+        history = finetune(
+            student, train, val, config, teacher=teacher, output=output, resume=args.resume,
+            accept_changes=args.resume_anyway,
+        )
     finally:
         shutdown()
     if rank == 0:
@@ -342,9 +401,10 @@ def cmd_demo(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vbp", description="Variance-Based Pruning of trained networks.")
+    parser.add_argument("--version", action="version", version=f"vbp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("calibrate", help="gather per-neuron activation statistics and save them")
+    p = sub.add_parser("calibrate", formatter_class=SHOW_DEFAULTS, help="gather per-neuron activation statistics and save them")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--stats", required=True, help="statistics file to write (.safetensors)")
@@ -356,6 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from STATS.partial")
     p.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="with --resume: accept options (data, batch size, weights, ...) that differ from the checkpoint's",
+    )
+    p.add_argument(
         "--covariance",
         action="store_true",
         help="also gather every site's hidden-value covariance (for --compensation affine and --criterion "
@@ -363,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("prune", help="prune the lowest-variance MLP neurons, with mean-shift compensation")
+    p = sub.add_parser("prune", formatter_class=SHOW_DEFAULTS, help="prune the lowest-variance MLP neurons, with mean-shift compensation")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--ratio", type=float, required=True, help="fraction of all MLP hidden neurons to remove, in [0, 1)")
@@ -372,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write MACs, params and widths as JSON to this file")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("eval", help="top-1/top-5 accuracy, and retention against the unpruned model")
+    p = sub.add_parser("eval", formatter_class=SHOW_DEFAULTS, help="top-1/top-5 accuracy, and retention against the unpruned model")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument(
@@ -397,13 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pruning_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("finetune", help="fine-tune a pruned model, distilling from the unpruned one")
+    p = sub.add_parser("finetune", formatter_class=SHOW_DEFAULTS, help="fine-tune a pruned model, distilling from the unpruned one")
     _add_model_args(p)
     _add_data_args(p)
     p.add_argument("--pruned", required=True, help="the pruned model file to fine-tune (model.safetensors)")
     p.add_argument("--val-data", help="evaluation data (default: the digits test split with --data digits)")
     p.add_argument("--output", required=True, help="folder for checkpoint.pt, log.json/csv and model.safetensors")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    p.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="with --resume: accept options (lr, epochs, batch size, ...) that differ from the checkpoint's",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -417,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kd-temperature", type=float, default=2.0)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("sweep", help="prune at many rates by several criteria; Table 10-shaped table and figures")
+    p = sub.add_parser("sweep", formatter_class=SHOW_DEFAULTS, help="prune at many rates by several criteria; Table 10-shaped table and figures")
     _add_model_args(p)
     _add_data_args(p)
     p.set_defaults(batch_size=256)
@@ -439,13 +509,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="folder for table.csv/.md, sweep.json and the figures")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("demo", help="prune the embedded digits ViT and report accuracy, MACs and latency")
+    p = sub.add_parser("demo", formatter_class=SHOW_DEFAULTS, help="prune the embedded digits ViT and report accuracy, MACs and latency")
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--output", default="out/demo", help="folder for the pruned model (default out/demo)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-text", action="store_true", help="skip the second part (all-MiniLM-L6-v2 on text)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _interrupted_hint(args) -> str:
+    """What to run after Ctrl-C, where the command can resume."""
+    if args.command == "calibrate" and args.checkpoint_every:
+        return f"; run the same command with --resume to continue from {args.stats}.partial"
+    if args.command == "finetune":
+        return f"; run the same command with --resume to continue from the last epoch in {args.output}"
+    return "; nothing was written"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -455,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     except VbpError as exc:
         print(f"vbp {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"vbp {args.command}: interrupted{_interrupted_hint(args)}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -12,7 +12,7 @@ from .compact import compact
 from .data import loader
 from .digits import MODEL_NAME, digits_split
 from .errors import VbpError
-from .evaluate import accuracy, latencies, latency_images
+from .evaluate import accuracy, latencies, latency_images, retention
 from .models import create_model
 from .ops import has_extension
 from .prune import prune
@@ -65,7 +65,7 @@ def run_demo(ratio: float = 0.5, output: Path = Path("out/demo"), device: str = 
     )
     print("  " + " ".join(str(w) for w in widths.values()) + f"  (of {next(iter(plan.widths.values()))})")
     print(f"{'':22}{'full':>12}{'pruned':>12}{'change':>10}")
-    print(f"{'top-1 accuracy (%)':22}{acc_full:12.2f}{acc_pruned:12.2f}   retention {100 * acc_pruned / acc_full:.2f}%")
+    print(f"{'top-1 accuracy (%)':22}{acc_full:12.2f}{acc_pruned:12.2f}   retention {retention(acc_pruned, acc_full):.2f}%")
     for label, full, after in (
         ("MACs (M)", summary["macs_full_g"] * 1e3, summary["macs_g"] * 1e3),
         ("params (K)", summary["params_full_m"] * 1e3, summary["params_m"] * 1e3),

@@ -14,6 +14,12 @@ from .errors import VbpError
 from .models import model_device
 
 
+def retention(value: float, reference: float) -> float | None:
+    """value as a percentage of reference (100 * value / reference); None when the reference is 0, where a
+    retention means nothing (a model that gets nothing right)."""
+    return 100 * value / reference if reference else None
+
+
 @torch.inference_mode()
 def accuracy(
     model: nn.Module, data: Iterable, topk: tuple[int, ...] = (1, 5), progress: bool = True

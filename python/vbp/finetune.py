@@ -43,12 +43,31 @@ class FinetuneConfig:
     kd_alpha: float = 0.5  # 0 turns distillation off
     kd_temperature: float = 2.0
     seed: int = 0
+    max_batches: int | None = None  # batches per epoch (--num-batches); None: the whole training set
+
+    def differences(self, saved: dict) -> list[str]:
+        """Names of the options that differ from a checkpoint's saved config (those that change the result)."""
+        return [k for k, v in asdict(self).items() if k in saved and saved[k] != v]
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise VbpError("epochs and batch size must be at least 1")
+        if self.max_batches is not None and self.max_batches < 1:
+            raise VbpError(f"num_batches must be at least 1, got {self.max_batches}")
         if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
             raise VbpError("kd_alpha must be in [0, 1] and kd_temperature positive")
+        if not (0 < self.lr < 1) or self.lr != self.lr:
+            raise VbpError(f"the learning rate must be a positive number below 1 (typical: 1e-5 to 1e-3), got {self.lr}")
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Seed Python's and numpy's RNGs in a loader worker from torch's per-worker seed (itself from the loader's
+    seeded generator), so random augmentations repeat run to run."""
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
 
 
 def _check_teacher(student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> None:
@@ -70,12 +89,13 @@ def finetune(
     output: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    accept_changes: bool = False,
 ) -> list[dict]:
     """Train `student` in place on `train` ((image, label) items); returns the per-epoch history.
 
     Each history row: epoch, train_loss, lr, seconds, and top1/top5 on `val` when given. With `output`,
     writes output/checkpoint.pt every epoch and output/log.json + log.csv; `resume` continues from the
-    checkpoint there. teacher: distil from it when config.kd_alpha > 0 (put in eval mode, run without gradients).
+    checkpoint there, refusing options that differ from the checkpoint's unless `accept_changes`. teacher: distil from it when config.kd_alpha > 0 (put in eval mode, run without gradients).
     """
     config.validate()
     rank, world = rank_and_world()
@@ -97,8 +117,11 @@ def finetune(
         sampler=sampler,
         num_workers=loader_workers(train),
         drop_last=len(train) >= config.batch_size,
+        # workers' random augmentations follow the seed too
+        generator=torch.Generator().manual_seed(config.seed + 1),
+        worker_init_fn=_seed_worker,
     )
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = min(len(train_loader), config.max_batches or len(train_loader))
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
@@ -115,7 +138,22 @@ def finetune(
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
             raise VbpError(f"nothing to resume: {ckpt_path or 'no output folder'} has no checkpoint")
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        try:
+            state = torch.load(ckpt_path, map_location=device, weights_only=True)
+        except Exception as exc:  # truncated zip, a text file, a pickle with arbitrary objects: each raises its own
+            raise VbpError(
+                f"{ckpt_path} is not a readable fine-tuning checkpoint ({type(exc).__name__}); it may be truncated: "
+                "delete it to start again without --resume"
+            ) from exc
+        saved = state.get("config", {})
+        changed = config.differences(saved)
+        if changed and not accept_changes:
+            now = asdict(config)
+            raise VbpError(
+                "--resume with other options than the checkpoint was made with: "
+                + ", ".join(f"{k} (now {now[k]!r}, saved {saved[k]!r})" for k in changed)
+                + "; use the same options, or accept the change (--resume-anyway)"
+            )
         try:
             student.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -136,6 +174,8 @@ def finetune(
             train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress or rank != 0
         )
         for step, (images, labels) in enumerate(bar):
+            if step == steps_per_epoch:
+                break
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             with autocast:
                 logits = model(images)

@@ -1,5 +1,7 @@
 """Choose which neurons to prune: the lowest-scored go first (VBP scores by activation variance)."""
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -9,6 +11,22 @@ from .plan import Plan
 from .stats import Stats
 
 SCOPES = ("global", "layer")
+
+
+def check_selection_options(widths: dict[str, int], min_keep: int = 1, round_to: int = 1) -> None:
+    """Raise VbpError for min_keep / round_to that cannot fit these site widths (cheap: check before calibrating)."""
+    if min_keep < 1 or min_keep > min(widths.values()):
+        raise VbpError(
+            f"min_keep must be between 1 and the smallest site width ({min(widths.values())}), got {min_keep}"
+        )
+    if round_to < 1:
+        raise VbpError(f"round_to must be at least 1, got {round_to}")
+    if round_to >= min(widths.values()):
+        warnings.warn(
+            f"round_to={round_to} is at or above the smallest site width ({min(widths.values())}): those sites "
+            "cannot be pruned at all",
+            stacklevel=3,
+        )
 
 
 def check_ratio(ratio: float) -> float:
@@ -41,12 +59,7 @@ def select(
     if scope not in SCOPES:
         raise VbpError(f"scope must be one of {SCOPES}, got '{scope}'")
     widths = stats.widths
-    if min_keep < 1 or min_keep > min(widths.values()):
-        raise VbpError(
-            f"min_keep must be between 1 and the smallest site width ({min(widths.values())}), got {min_keep}"
-        )
-    if round_to < 1:
-        raise VbpError(f"round_to must be at least 1, got {round_to}")
+    check_selection_options(widths, min_keep, round_to)
     scores = neuron_scores(criterion, stats, model, seed)
 
     if scope == "layer":
@@ -59,7 +72,14 @@ def select(
         kept = _rounded_width(width - n_pruned[name], width, round_to, min_keep)
         top = torch.topk(scores[name], kept, sorted=False).indices
         keep[name] = sorted(top.tolist())
-    return Plan(stats.model, ratio, scope, dict(widths), keep, criterion)
+    plan = Plan(stats.model, ratio, scope, dict(widths), keep, criterion)
+    if ratio > 0 and plan.pruned_fraction < 0.5 * ratio:
+        warnings.warn(
+            f"asked to prune {ratio:.0%} of the MLP neurons, but min_keep={min_keep} and round_to={round_to} let "
+            f"only {plan.pruned_fraction:.1%} go; lower them to prune what you asked",
+            stacklevel=2,
+        )
+    return plan
 
 
 def _global_prune_counts(scores: dict[str, torch.Tensor], ratio: float, min_keep: int) -> dict[str, int]:

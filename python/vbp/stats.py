@@ -78,7 +78,8 @@ class Stats:
     batches, images: how many calibration batches and inputs went in; skipped: batches left out per site
     because of NaN/Inf (calibrate(nonfinite="skip")).
     covariances: site name -> CoMoments, for the sites calibrated with `covariance=` (affine compensation
-    and the redundancy criterion need them).
+    and the redundancy criterion need them). run: the options of the calibration (model, data, batch size,
+    ...), as `calibrate(run=...)` was given them.
     """
 
     model: str
@@ -88,6 +89,7 @@ class Stats:
     images: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     covariances: dict[str, CoMoments] = field(default_factory=dict)
+    run: dict = field(default_factory=dict)  # the options a calibration ran with (checked when resuming)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -163,6 +165,7 @@ class Stats:
             "batches": self.batches,
             "images": self.images,
             "skipped": self.skipped,
+            "run": self.run,
         }
         return tensors, meta
 
@@ -194,6 +197,7 @@ class Stats:
                 _count(meta.get("images", 0)),
                 {str(k): _count(v) for k, v in meta.get("skipped", {}).items()},
                 covariances,
+                dict(meta.get("run", {})),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VbpError(f"{source} are incomplete or malformed ({exc!r}); calibrate again") from exc

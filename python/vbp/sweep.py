@@ -18,7 +18,7 @@ from .compensation import COMPENSATIONS
 from .criteria import CRITERIA, CRITERIA_BY_NAME
 from .data import loader
 from .errors import VbpError
-from .evaluate import accuracy
+from .evaluate import accuracy, retention
 from .files import write_csv_atomic, write_text_atomic
 from .finetune import FinetuneConfig, finetune
 from .plan import Plan
@@ -115,12 +115,12 @@ def sweep(
                 "mparams": params / 1e6,
                 "mparams_change": change(params, base_params),
                 "retention_top1": top1,
-                "retention_pct": 100 * top1 / base_top1,
+                "retention_pct": retention(top1, base_top1),
             }
             if finetune_config is not None and train is not None:
                 history = finetune(pruned, train, val, finetune_config, teacher=model, progress=progress)
                 histories[(str(method), rate)] = history
-                row.update(final_top1=history[-1]["top1"], final_pct=100 * history[-1]["top1"] / base_top1)
+                row.update(final_top1=history[-1]["top1"], final_pct=retention(history[-1]["top1"], base_top1))
             rows.append(row)
             plans[(str(method), rate)] = plan
     return SweepResult(rows, plans, histories, base_top1, base_macs / 1e9, base_params / 1e6)
@@ -148,13 +148,17 @@ def table_markdown(result: SweepResult, model: str) -> str:
         for r in (r for r in result.rows if r["method"] == method):
             line = (
                 f"| {100 * r['rate']:.0f}% | {r['gmacs'] * scale:.3f} ({r['gmacs_change']}) | {r['mparams']:.4f} "
-                f"({r['mparams_change']}) | {r['retention_top1']:.2f} ({r['retention_pct']:.2f}%) |"
+                f"({r['mparams_change']}) | {r['retention_top1']:.2f} ({_pct(r['retention_pct'])}) |"
             )
             if finetuned:
-                line += f" {r['final_top1']:.2f} ({r['final_pct']:.2f}%) |"
+                line += f" {r['final_top1']:.2f} ({_pct(r['final_pct'])}) |"
             out.append(line)
         out.append("")
     return "\n".join(out)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}%"
 
 
 def write_tables(result: SweepResult, model: str, output: Path) -> None:
