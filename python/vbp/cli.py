@@ -20,7 +20,7 @@ from .digits import MODEL_NAME
 from .distributed import init_from_env, rank_and_world, shard, shutdown
 from .errors import VbpError
 from .evaluate import accuracy, latencies, latency_images, retention
-from .files import check_writable
+from .files import check_distinct, check_writable
 from .finetune import FinetuneConfig, finetune
 from .models import create_model, model_name, model_source
 from .prune import prune
@@ -73,6 +73,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         choices=BACKENDS,
         default="auto",
         help="statistics backend: fused Triton kernel, PyTorch hooks, or auto (Triton on CUDA)",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be read instead of stopping at the first one",
     )
     p.add_argument(
         "--skip-nonfinite",
@@ -166,7 +171,8 @@ def _model(args) -> torch.nn.Module:
 def _data(args, model, split: str):
     """Batches of --data (this process's shard of it under torchrun)."""
     num_images = args.batch_size * (args.num_batches or 1)
-    return loader(shard(dataset(args.data, model, split=split, num_images=num_images)), args.batch_size)
+    data = dataset(args.data, model, split=split, num_images=num_images, skip_bad=args.skip_bad_images)
+    return loader(shard(data), args.batch_size)
 
 
 def _limited(batches, num_batches: int | None):
@@ -181,7 +187,7 @@ def _limited(batches, num_batches: int | None):
 def _val_dataset(args, model):
     """--val-data, or the digits test split with --data digits; None when neither is given."""
     if args.val_data or args.data == "digits":
-        return dataset(args.val_data or args.data, model, split="test")
+        return dataset(args.val_data or args.data, model, split="test", skip_bad=args.skip_bad_images)
     return None
 
 
@@ -225,6 +231,7 @@ def _calibrated_stats(args, model) -> Stats:
 
 def cmd_calibrate(args) -> None:
     check_writable(args.stats)
+    check_distinct([args.stats, f"{args.stats}.partial"], [args.checkpoint])
     args.device = init_from_env(args.device)
     rank, world = rank_and_world()
     partial = Path(f"{args.stats}.partial" + (f".rank{rank}" if world > 1 else ""))
@@ -252,7 +259,11 @@ def cmd_calibrate(args) -> None:
 
 def cmd_prune(args) -> None:
     check_ratio(args.ratio)
-    for path in filter(None, (args.summary, args.output and Path(args.output) / "model.safetensors")):
+    written = [args.summary]
+    if args.output:
+        written += [Path(args.output) / name for name in ("model.safetensors", "plan.json", "stats.safetensors")]
+    check_distinct(written, [args.stats, args.checkpoint])
+    for path in filter(None, written):
         check_writable(path)
     model = _model(args)
     check_selection_options(site_widths(model), args.min_keep, args.round_to)
@@ -340,6 +351,8 @@ def cmd_finetune(args) -> None:
     config.validate()
     output = Path(args.output)
     check_writable(output / "model.safetensors")
+    written = [output / name for name in ("model.safetensors", "checkpoint.pt", "log.json", "log.csv")]
+    check_distinct(written, [args.pruned, args.checkpoint])
     args.device = init_from_env(args.device)
     rank, _ = rank_and_world()
     student = load_pruned(args.pruned, args.device)
@@ -349,7 +362,7 @@ def cmd_finetune(args) -> None:
             teacher = create_model(args.teacher, pretrained=args.pretrained, checkpoint=args.checkpoint).to(args.device)
         else:
             teacher = _reference(args, student)
-    train = dataset(args.data, student, split="train", training=True)
+    train = dataset(args.data, student, split="train", training=True, skip_bad=args.skip_bad_images)
     val = _val_dataset(args, student)
     try:
         history = finetune(
@@ -366,7 +379,7 @@ def cmd_finetune(args) -> None:
 
 def cmd_sweep(args) -> None:
     from .figures import sweep_figures
-    from .sweep import Method, parse_rates, sweep, table_markdown, write_tables
+    from .sweep import Method, parse_rates, sweep, table_markdown, write_tables  # matplotlib: imported when used
 
     rates = parse_rates(args.rates)
     if args.criterion:
@@ -380,7 +393,7 @@ def cmd_sweep(args) -> None:
     if val is None:
         raise VbpError("the sweep needs evaluation data: give --val-data DIR (or use --data digits)")
     stats = _calibrate(args, model, samples=args.samples)
-    train = dataset(args.data, model, split="train", training=True) if args.finetune_epochs else None
+    train = dataset(args.data, model, split="train", training=True, skip_bad=args.skip_bad_images) if args.finetune_epochs else None
     config = FinetuneConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, seed=args.seed) if train else None
     result = sweep(model, stats, rates, methods, val, train, config, seed=args.seed, progress=True)
     write_tables(result, args.model, output)
@@ -400,6 +413,8 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .sweep import DEFAULT_METHODS
+
     parser = argparse.ArgumentParser(prog="vbp", description="Variance-Based Pruning of trained networks.")
     parser.add_argument("--version", action="version", version=f"vbp {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -495,7 +510,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="comma-separated pruning rates")
     p.add_argument(
         "--methods",
-        default="variance+mean,variance,magnitude,random",
+        default=",".join(DEFAULT_METHODS),
         help="comma-separated CRITERION[+COMPENSATION], e.g. variance+mean (VBP), variance+affine, redundancy+affine "
         "(the first one's plan is used for the activation figures)",
     )
@@ -532,7 +547,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except VbpError as exc:
-        print(f"vbp {args.command}: error: {exc}", file=sys.stderr)
+        text = str(exc).strip()
+        if text.startswith("Caught VbpError in DataLoader worker"):  # raised in a loader worker: its own message
+            text = text.splitlines()[-1].removeprefix("vbp.errors.VbpError: ")
+        print(f"vbp {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vbp {args.command}: interrupted{_interrupted_hint(args)}", file=sys.stderr)

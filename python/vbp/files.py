@@ -36,11 +36,47 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_distinct(outputs: list, inputs: list) -> None:
+    """Refuse, before any work, an output path that is the same file as one of the run's inputs (which writing
+    would destroy). None entries are ignored; paths are compared after resolving links."""
+    resolved = {}
+    for path in filter(None, inputs):
+        resolved[Path(path).resolve()] = path
+    for out in filter(None, outputs):
+        target = Path(out).resolve()
+        if target in resolved:
+            raise VbpError(
+                f"the output {out} is the same file as the input {resolved[target]}; writing it would destroy the "
+                "input: choose another output path"
+            )
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove temporaries of `path` left by writers that died (a kill -9, a power cut): their process is gone."""
+    for stale in path.parent.glob(f".{path.name}.vbp-*.tmp"):
+        pid = stale.name.rsplit(".vbp-", 1)[1].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed to `path`, on error removed.
+
+    The temporary's name holds the writer's process id, so one left by a killed run is removed by the next."""
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.vbp-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

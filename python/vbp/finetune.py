@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
-from .data import loader, loader_workers
+from .data import loader, loader_workers, skip_unreadable
 from .distill import kd_loss
 from .distributed import rank_and_world, shard
 from .errors import VbpError
@@ -120,6 +120,7 @@ def finetune(
         # workers' random augmentations follow the seed too
         generator=torch.Generator().manual_seed(config.seed + 1),
         worker_init_fn=_seed_worker,
+        collate_fn=skip_unreadable,
     )
     steps_per_epoch = min(len(train_loader), config.max_batches or len(train_loader))
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)

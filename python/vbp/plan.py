@@ -12,6 +12,13 @@ from .files import write_text_atomic
 FORMAT = "vbp-plan/1"
 
 
+def _index(value) -> int:
+    """A neuron index from JSON: an integer (3, not 3.5, "3" or true)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"a neuron index must be an integer, got {value!r}")
+    return value
+
+
 @dataclass
 class Plan:
     """model: timm name; ratio, scope, criterion: how it was chosen; widths: original width per site;
@@ -66,9 +73,17 @@ class Plan:
             raise VbpError(f"{path} is not a readable plan file ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise VbpError(f"{path} is not a vbp plan file (expected format '{FORMAT}')")
-        plan = cls(
-            doc["model"], doc["ratio"], doc["scope"], doc["widths"], doc["keep"], doc.get("criterion", "variance")
-        )
+        try:
+            plan = cls(
+                str(doc["model"]),
+                float(doc["ratio"]),
+                str(doc["scope"]),
+                {str(k): int(v) for k, v in doc["widths"].items()},
+                {str(k): [_index(i) for i in v] for k, v in doc["keep"].items()},
+                str(doc.get("criterion", "variance")),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise VbpError(f"{path} is a malformed vbp plan ({exc!r}); make it again with vbp prune --output") from exc
         plan.validate()
         return plan
 

@@ -27,7 +27,7 @@ from .report import change
 from .select import check_ratio, select
 from .stats import Stats
 
-DEFAULT_METHODS = ("variance+mean", "variance", "magnitude", "random")
+DEFAULT_METHODS = ("variance+mean", "variance+affine", "redundancy+affine", "variance", "magnitude", "random")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .sweep import Method
 from .text import embedding_agreement, sentence_embeddings, text_loader
 
 RATES = (0.3, 0.5, 0.7)
-METHODS = ("variance+mean", "variance", "magnitude", "random")
+METHODS = ("variance+mean", "variance+affine", "variance", "magnitude", "random")
 CALIBRATION_SENTENCES = 1024
 EVALUATION_SENTENCES = 512
 BATCH = 64
