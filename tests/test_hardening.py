@@ -1,0 +1,188 @@
+"""Bad input and faults through the `vbp` command: a clear `vbp COMMAND: error: ...` (exit 2) that says what
+was wrong, no input file changed (bytes compared before and after), and options that are honoured."""
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+import vbp
+from vbp.cli import main
+from vbp.files import atomic_path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Files a user has: statistics, a plan, a pruned model, a weights checkpoint, a text file, images."""
+    d = tmp_path_factory.mktemp("inputs")
+    model = vbp.create_model("vbp_digits_vit", pretrained=True)
+    stats = vbp.calibrate(model, vbp.data.loader(vbp.digits_split("train"), 512), num_batches=1, progress=False)
+    stats.save(d / "stats.safetensors")
+    plan = vbp.select(stats, 0.5)
+    plan.save(d / "plan.json")
+    vbp.save_pruned(vbp.prune(copy.deepcopy(model), plan, stats), d / "pruned.safetensors")
+    (d / "run").mkdir()
+    (d / "run" / "model.safetensors").write_bytes((d / "pruned.safetensors").read_bytes())
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, d / "weights.safetensors")
+    (d / "notes.txt").write_text("not a checkpoint\n")
+    g = torch.Generator().manual_seed(0)
+    for folder in ("flat", "classes/a", "bad/a"):
+        (d / folder).mkdir(parents=True)
+        for i in range(3):
+            pixels = (torch.rand(8, 8, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(d / folder / f"{i}.png")
+    (d / "bad/a/3.png").write_bytes(b"this is no png")
+    return d
+
+
+def _snapshot(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _malformed(d, name, edit):
+    """A copy of a vbp safetensors file with its JSON metadata edited."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(d / name, framework="pt") as f:
+        meta, tensors = json.loads(f.metadata()["vbp"]), {k: f.get_tensor(k) for k in f.keys()}
+    edit(meta)
+    out = d.parent / f"malformed_{name}"
+    save_file(tensors, out, metadata={"vbp": json.dumps(meta)})
+    return out
+
+
+BAD = [
+    # outputs that are inputs
+    (["prune", "--ratio", "0.5", "--stats", "{d}/stats.safetensors", "--summary", "{d}/stats.safetensors"],
+     "is the same file as the input"),
+    (["prune", "--ratio", "0.5", "--checkpoint", "{d}/weights.safetensors", "--output", "{d}/x",
+      "--stats", "{d}/x/stats.safetensors"], "is the same file as the input"),
+    (["calibrate", "--stats", "{d}/weights.safetensors", "--checkpoint", "{d}/weights.safetensors"],
+     "is the same file as the input"),
+    (["finetune", "--pruned", "{d}/run/model.safetensors", "--output", "{d}/run", "--epochs", "1"],
+     "is the same file as the input"),
+    # malformed files
+    (["prune", "--ratio", "0.5", "--checkpoint", "{d}/notes.txt"], "cannot load checkpoint"),
+    (["eval", "--pruned", "{d}/notes.txt"], "not a readable vbp pruned model"),
+    (["prune", "--ratio", "0.5", "--stats", "MALFORMED_STATS"], "non-negative integer"),
+    (["eval", "--pruned", "MALFORMED_MODEL"], "malformed pruned-model metadata"),
+    # options
+    (["eval", "--pruned", "{d}/pruned.safetensors", "--ratio", "0.5"], "give one of them"),
+    (["prune", "--ratio", "0.5", "--device", "cuda:7"], "no such CUDA device"),
+    (["prune", "--ratio", "0.5", "--device", "gpu"], "not a device name"),
+    (["prune", "--ratio", "0.5", "--min-keep", "1000"], "min_keep must be between 1 and the smallest site width"),
+    (["finetune", "--pruned", "{d}/pruned.safetensors", "--output", "{d}/ft", "--lr", "-1"], "learning rate"),
+    (["prune", "--ratio", "0.5", "--compensation", "affine", "--stats", "{d}/stats.safetensors"],
+     "calibrate again with covariance"),
+    (["prune", "--ratio", "0.5", "--data", "{d}/bad", "--model", "deit_tiny_patch16_224"], "cannot read the image"),
+    (["prune", "--ratio", "0.5", "--data", "{d}/notes.md"], "does not exist"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD, ids=[f"{a[0]}-{m[:30]}" for a, m in BAD])
+def test_bad_input_is_a_clear_error_and_changes_no_input(inputs, args, message, capsys):
+    malformed = {
+        "MALFORMED_STATS": lambda: _malformed(inputs, "stats.safetensors", lambda m: m["counts"].update({"blocks.0.mlp": -1})),
+        "MALFORMED_MODEL": lambda: _malformed(inputs, "pruned.safetensors", lambda m: m["sites"].pop("blocks.0.mlp")),
+    }
+    args = [str(malformed[a]()) if a in malformed else a.format(d=inputs) for a in args]
+    before = _snapshot(inputs)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"vbp {args[0]}: error: " in err and message in err, err
+    assert "Traceback" not in err
+    assert _snapshot(inputs) == before
+
+
+def test_unreadable_images_can_be_skipped_and_flat_folders_calibrate(inputs, tmp_path, capsys):
+    common = ["--model", "deit_tiny_patch16_224", "--batch-size", "2"]
+    assert main(["calibrate", *common, "--data", str(inputs / "bad"), "--skip-bad-images",
+                 "--stats", str(tmp_path / "s.safetensors")]) == 0
+    assert vbp.Stats.load(tmp_path / "s.safetensors").images == 3  # the three readable images
+    assert main(["calibrate", *common, "--data", str(inputs / "flat"), "--stats", str(tmp_path / "f.safetensors")]) == 0
+    assert vbp.Stats.load(tmp_path / "f.safetensors").images == 3
+    assert "random weights" in capsys.readouterr().err  # deit_tiny without --pretrained: warned
+
+
+def test_num_batches_is_honoured_by_eval(inputs, capsys):
+    assert main(["eval", "--pruned", str(inputs / "pruned.safetensors"), "--batch-size", "10", "--num-batches", "2"]) == 0
+    one = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["eval", "--pruned", str(inputs / "pruned.safetensors"), "--batch-size", "20", "--num-batches", "1"]) == 0
+    same = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert one["top1"] == same["top1"]  # the same 20 images either way
+    assert (one["top1"] * 20 / 100) == pytest.approx(round(one["top1"] * 20 / 100))  # a count out of 20 images
+
+
+def test_resume_refuses_changed_options(tmp_path, capsys):
+    stats = str(tmp_path / "s.safetensors")
+    common = ["calibrate", "--stats", stats, "--checkpoint-every", "1", "--num-batches", "3"]
+    assert main([*common, "--batch-size", "100"]) == 0
+    os.replace(stats, f"{stats}.partial")  # as an interrupted run leaves it
+    before = (tmp_path / "s.safetensors.partial").read_bytes()
+    assert main([*common, "--batch-size", "50", "--resume"]) == 2
+    assert "batch_size (now 50, saved 100)" in capsys.readouterr().err
+    assert (tmp_path / "s.safetensors.partial").read_bytes() == before
+    assert main([*common, "--batch-size", "50", "--resume", "--resume-anyway"]) == 0
+
+
+def test_a_plan_that_prunes_much_less_than_asked_is_loud(inputs):
+    stats = vbp.Stats.load(inputs / "stats.safetensors")
+    with pytest.warns(UserWarning, match="round_to=128 is at or above"):
+        with pytest.warns(UserWarning, match="only 0.0% go"):
+            plan = vbp.select(stats, 0.5, round_to=128)
+    assert plan.pruned_fraction == 0
+
+
+def test_retention_of_a_reference_that_gets_nothing_right():
+    assert vbp.evaluate.retention(50.0, 0.0) is None and vbp.evaluate.retention(45.0, 90.0) == 50.0
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"vbp {vbp.__version__}" and vbp.__version__ != "0+unknown"
+
+
+def test_count_includes_compacted_timm_mlps():
+    model = vbp.create_model("vbp_digits_vit", pretrained=True)
+    assert vbp.count(vbp.compact(copy.deepcopy(model))) == vbp.count(model)
+
+
+def test_temporaries_of_a_killed_writer_are_removed_by_the_next(tmp_path):
+    target = tmp_path / "out.json"
+    code = (
+        "import os, sys, vbp.files as f\n"
+        "with f.atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_text('half'); os.kill(os.getpid(), 9)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(target)], check=False)
+    assert len(list(tmp_path.glob(".out.json.vbp-*.tmp"))) == 1 and not target.exists()
+    with atomic_path(target) as tmp:
+        tmp.write_text("whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"] and target.read_text() == "whole"
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    stats = tmp_path / "s.safetensors"
+    cmd = [sys.executable, "-m", "vbp", "calibrate", "--stats", str(stats), "--checkpoint-every", "1",
+           "--batch-size", "1", "--data", "synthetic", "--model", "deit_base_patch16_224", "--num-batches", "1000"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # wait until calibration runs
+            if "calibrate:" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "interrupted; run the same command with --resume" in err and "Traceback" not in err
