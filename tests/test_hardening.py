@@ -186,3 +186,29 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
         proc.kill()
     assert proc.returncode == 130
     assert "interrupted; run the same command with --resume" in err and "Traceback" not in err
+
+
+def test_num_classes_loads_a_checkpoint_with_its_own_head(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    head7 = vbp.create_model("vbp_digits_vit", num_classes=7).state_dict()
+    save_file({k: v.contiguous() for k, v in head7.items()}, tmp_path / "w7.safetensors")
+    args = ["prune", "--ratio", "0.5", "--checkpoint", str(tmp_path / "w7.safetensors"), "--num-batches", "1"]
+    assert main(args) == 2 and "cannot load checkpoint" in capsys.readouterr().err
+    assert main([*args, "--num-classes", "7", "--output", str(tmp_path / "out")]) == 0
+    assert vbp.load_pruned(tmp_path / "out" / "model.safetensors").head.out_features == 7
+
+
+def test_finetuning_on_an_image_folder_with_workers_repeats_with_the_same_seed(inputs, tmp_path):
+    from vbp.finetune import FinetuneConfig, finetune
+
+    torch.manual_seed(0)
+    student = vbp.create_model("deit_tiny_patch16_224", num_classes=2)
+    train = vbp.data.dataset(str(inputs / "classes"), student, training=True)  # random augmentations
+    assert vbp.data.loader_workers(train) > 0
+    runs = []
+    for _ in range(2):
+        model = copy.deepcopy(student)
+        finetune(model, train, None, FinetuneConfig(epochs=2, batch_size=2, seed=3, kd_alpha=0), progress=False)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

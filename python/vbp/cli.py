@@ -55,6 +55,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         "'encoder.layer.*:intermediate.dense->output.dense'; without it the model's family finds them",
     )
     p.add_argument("--pretrained", action="store_true", help="load the model's pretrained timm weights")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="build the model with this many classes (a checkpoint fine-tuned with its own head; timm and tv models)",
+    )
     p.add_argument("--checkpoint", help="load weights from this file (safetensors or a torch state dict)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
@@ -140,7 +145,12 @@ def _needs_covariance(args) -> bool:
 def _load_weights(args, name: str) -> dict:
     """--pretrained / --checkpoint as create_model arguments; the embedded model always has its weights."""
     pretrained = args.pretrained or (name == MODEL_NAME and args.checkpoint is None)
-    return dict(pretrained=pretrained, checkpoint=args.checkpoint)
+    weights = dict(pretrained=pretrained, checkpoint=args.checkpoint)
+    if args.num_classes is not None:
+        if args.num_classes < 1:
+            raise VbpError(f"--num-classes must be at least 1, got {args.num_classes}")
+        weights["num_classes"] = args.num_classes
+    return weights
 
 
 def _check_device(device: str) -> str:
@@ -287,7 +297,7 @@ def _reference(args, pruned: torch.nn.Module) -> torch.nn.Module:
     """The unpruned model a pruned one came from: its id and kwargs, with --pretrained/--checkpoint."""
     source = model_source(pruned)
     name = source["model"]
-    return create_model(name, **_load_weights(args, name), **source.get("kwargs", {})).to(args.device)
+    return create_model(name, **{**source.get("kwargs", {}), **_load_weights(args, name)}).to(args.device)
 
 
 def cmd_eval(args) -> None:
@@ -325,7 +335,7 @@ def _evaluate(args) -> dict:
         evaluated = compact(evaluated, args.compact)
     result = accuracy(evaluated, val)
     if model is not None:
-        base = accuracy(reference, val, progress=False)
+        base = accuracy(reference, val)  # the unpruned model's pass: as long as the first, so it shows progress
         result.update(reference_top1=base["top1"], retention_pct=retention(result["top1"], base["top1"]))
     if args.latency_batch:
         images = latency_images(val, args.latency_batch, args.device)

@@ -8,6 +8,7 @@ torch.distributed is initialised (torchrun). A checkpoint is written atomically 
 
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -212,7 +213,7 @@ def finetune(
             "seconds": time.perf_counter() - started,
         }
         if val is not None:
-            row.update(accuracy(student, loader(shard(val), config.batch_size * 2), progress=False))
+            row.update(accuracy(student, loader(shard(val), config.batch_size * 2), progress=progress and rank == 0))
         history.append(row)
         if output and rank == 0:
             _write_epoch(Path(output), student, optimizer, scheduler, generator, history, config)
