@@ -194,3 +194,16 @@ def test_the_compensation_used_is_saved_with_the_model(tmp_path):
     vbp.save_pruned(pruned, tmp_path / "m.safetensors")
     record = vbp.load_pruned(tmp_path / "m.safetensors").__dict__[PRUNING_RECORD]
     assert record == {"criterion": "variance", "compensation": "affine", "ratio": 0.3}
+
+
+def test_covariance_survives_an_interrupted_calibration(tmp_path):
+    model, x = timm_site_model(), data(n=90)
+    batches = list(x[0].split(30))
+    whole = vbp.calibrate(model, batches, covariance=True, progress=False)
+    ckpt = tmp_path / "partial.safetensors"
+    vbp.calibrate(model, batches[:2], covariance=True, progress=False, checkpoint=ckpt, checkpoint_every=1)
+    resumed = vbp.calibrate(model, batches, covariance=True, progress=False, checkpoint=ckpt, resume=True)
+    want = whole.covariance("0")
+    torch.testing.assert_close(resumed.covariance("0"), want, rtol=0, atol=64 * EPS * float(want.abs().max()))
+    with pytest.raises(vbp.VbpError, match="same covariance option"):
+        vbp.calibrate(model, batches, progress=False, checkpoint=ckpt, resume=True)

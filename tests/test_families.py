@@ -257,12 +257,15 @@ def test_no_timm_in_the_core():
     import ast
     import pathlib
 
-    core = ("prune", "criteria", "compact", "calibrate", "recorder", "checkpoint", "sites", "stats", "select", "plan")
-    for name in core:
-        tree = ast.parse((pathlib.Path(vbp.__file__).parent / f"{name}.py").read_text())
+    root = pathlib.Path(vbp.__file__).parent
+    core = ("prune", "compact", "calibrate", "recorder", "checkpoint", "sites", "stats", "covariance", "select", "plan")
+    files = [root / f"{name}.py" for name in core] + sorted((root / "criteria").glob("*.py"))
+    files += sorted((root / "compensation").glob("*.py"))
+    for path in files:
+        tree = ast.parse(path.read_text())
         imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-        assert not [m for m in imported if m.split(".")[0] == "timm"], name
+        assert not [m for m in imported if m.split(".")[0] == "timm"], path.name
 
 
 def test_cli_prunes_a_user_model_by_spec(tmp_path, monkeypatch, capsys):
@@ -276,3 +279,22 @@ def test_cli_prunes_a_user_model_by_spec(tmp_path, monkeypatch, capsys):
     assert sum(vbp.sites.site_widths(pruned).values()) == 19
     assert main(["prune", *args[:2], "--data", "synthetic", "--ratio", "0.5"]) == 2
     assert "site spec" in capsys.readouterr().err  # without --sites: no family knows these layers
+
+
+def test_hf_vision_model_calibrates_on_an_image_folder_through_its_image_processor(tmp_path):
+    from PIL import Image
+
+    from vbp.cli import main
+
+    model = hf_vit().float()
+    model.save_pretrained(tmp_path / "vit")
+    transformers.ViTImageProcessor(size={"height": 16, "width": 16}).save_pretrained(tmp_path / "vit")
+    (tmp_path / "images").mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(20, 24, 3, generator=G) * 255).to(torch.uint8).numpy()).save(
+            tmp_path / "images" / f"{i}.png"
+        )
+    stats = tmp_path / "s.safetensors"
+    assert main(["calibrate", "--model", f"hf:{tmp_path / 'vit'}", "--data", str(tmp_path / "images"),
+                 "--batch-size", "2", "--stats", str(stats)]) == 0
+    assert all(m.count == 3 * 5 for m in vbp.Stats.load(stats).sites.values())  # 4 patches + [CLS] per image

@@ -212,3 +212,10 @@ def test_finetuning_on_an_image_folder_with_workers_repeats_with_the_same_seed(i
         finetune(model, train, None, FinetuneConfig(epochs=2, batch_size=2, seed=3, kd_alpha=0), progress=False)
         runs.append(model.state_dict())
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_truncated_finetuning_checkpoint_is_a_clear_error(inputs, tmp_path, capsys):
+    (tmp_path / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    args = ["finetune", "--pruned", str(inputs / "pruned.safetensors"), "--output", str(tmp_path), "--resume"]
+    assert main([*args, "--epochs", "1"]) == 2
+    assert "not a readable fine-tuning checkpoint" in capsys.readouterr().err

@@ -1,0 +1,65 @@
+"""vbp calibrate: gather per-neuron statistics of every MLP site and save them (resumable, torchrun-aware)."""
+
+from pathlib import Path
+
+from ..files import check_distinct, check_writable
+from .options import add_data_args, add_model_args, calibrate_on_data, model_of
+from .session import distributed_session
+
+NAME = "calibrate"
+HELP = "gather per-neuron activation statistics and save them"
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--stats", required=True, help="statistics file to write (.safetensors)")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        help="save the running statistics to STATS.partial every K batches (for --resume)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from STATS.partial")
+    p.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="with --resume: accept options (data, batch size, weights, ...) that differ from the checkpoint's",
+    )
+    p.add_argument(
+        "--covariance",
+        action="store_true",
+        help="also gather every site's hidden-value covariance (for --compensation affine and --criterion "
+        "redundancy; C^2 x 8 bytes per site)",
+    )
+
+
+def run(args) -> None:
+    check_writable(args.stats)
+    check_distinct([args.stats, f"{args.stats}.partial"], [args.checkpoint])
+    with distributed_session(args.device) as (args.device, rank, world):
+        partial = Path(f"{args.stats}.partial" + (f".rank{rank}" if world > 1 else ""))
+        model = model_of(args)
+        stats = calibrate_on_data(
+            args,
+            model,
+            covariance=args.covariance,
+            checkpoint=partial,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            accept_changes=args.resume_anyway,
+        )
+    if rank == 0:
+        stats.save(args.stats)
+        samples = next(iter(stats.sites.values())).count
+        print(
+            f"wrote statistics of {len(stats.sites)} MLP sites ({stats.images} inputs, {samples} samples per neuron) "
+            f"to {args.stats}"
+        )
+    partial.unlink(missing_ok=True)
+
+
+def interrupted_hint(args) -> str:
+    if args.checkpoint_every:
+        return f"run the same command with --resume to continue from {args.stats}.partial"
+    return "nothing was written; --checkpoint-every K makes a long calibration resumable"

@@ -1,0 +1,87 @@
+"""vbp eval: top-1/top-5 of a pruned model (or one pruned now) and its retention and speed-up against the
+unpruned one; under torchrun every rank evaluates its shard and the counts are summed."""
+
+import json
+
+from ..checkpoint import load_pruned
+from ..compact import KERNELS, compact
+from ..errors import VbpError
+from ..evaluate import accuracy, latencies, latency_images, retention
+from ..select import check_ratio, check_selection_options
+from ..sites import site_widths
+from .options import add_data_args, add_model_args, add_pruning_args, batches, limited, model_of, reference_of, stats_for
+from .prune import pruned_model
+from .session import distributed_session
+
+NAME = "eval"
+HELP = "top-1/top-5 accuracy, and retention against the unpruned model"
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument(
+        "--pruned",
+        help="a model written by `vbp prune --output` (model.safetensors); its unpruned "
+        "reference is rebuilt from its recorded id with --pretrained/--checkpoint",
+    )
+    p.add_argument("--ratio", type=float, help="prune --model at this ratio first (calibrating on the train split)")
+    p.add_argument(
+        "--compact",
+        nargs="?",
+        const="native",
+        choices=list(KERNELS),
+        help="run the evaluated model's MLPs as vbp.CompactMlp, with the native kernel (default) or the Triton one",
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        metavar="N",
+        help="also time a batch of N evaluation images (median), against the unpruned model when pruned",
+    )
+    add_pruning_args(p)
+
+
+def run(args) -> None:
+    if args.pruned and args.ratio is not None:
+        raise VbpError("--pruned evaluates a model pruned before and --ratio prunes one now: give one of them")
+    if args.data == "synthetic":
+        raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
+    if args.latency_batch is not None and args.latency_batch < 1:
+        raise VbpError(f"--latency-batch must be at least 1, got {args.latency_batch}")
+    with distributed_session(args.device) as (args.device, rank, _):
+        result = _measure(args)
+    if rank == 0:
+        print(json.dumps(result))
+
+
+def _measure(args) -> dict:
+    if args.pruned:
+        model = load_pruned(args.pruned, args.device)
+        reference = reference_of(model, args.pretrained, args.checkpoint, args.num_classes, args.device)
+    else:
+        reference = model_of(args)
+        model = None
+        if args.ratio is not None:
+            check_ratio(args.ratio)
+            check_selection_options(site_widths(reference), args.min_keep, args.round_to)
+            model = pruned_model(args, reference, stats_for(args, reference))[1]
+    val = limited(
+        batches(args.data, reference, "test", args.batch_size, args.num_batches, args.skip_bad_images), args.num_batches
+    )
+    evaluated = model if model is not None else reference
+    if args.compact:
+        evaluated = compact(evaluated, args.compact)
+    result = accuracy(evaluated, val)
+    if model is not None:
+        base = accuracy(reference, val)  # the unpruned model's pass: as long as the first, so it shows progress
+        result.update(reference_top1=base["top1"], retention_pct=retention(result["top1"], base["top1"]))
+    if args.latency_batch:
+        images = latency_images(val, args.latency_batch, args.device)
+        timed = {"model": evaluated} if model is None else {"model": evaluated, "reference": reference}
+        times = latencies(timed, images)
+        result["latency_ms"] = 1e3 * times["model"]
+        if model is not None:
+            result["reference_latency_ms"] = 1e3 * times["reference"]
+            result["speedup"] = times["reference"] / times["model"]
+    return result

@@ -1,0 +1,84 @@
+"""vbp finetune: fine-tune a pruned model with distillation from the unpruned one (resumable, torchrun-aware)."""
+
+import json
+from pathlib import Path
+
+from ..checkpoint import load_pruned, save_pruned
+from ..data import dataset
+from ..files import check_distinct, check_writable
+from ..finetune import CHECKPOINT, FinetuneConfig, finetune
+from ..models import create_model
+from .options import add_data_args, add_model_args, reference_of, val_dataset
+from .session import distributed_session
+
+NAME = "finetune"
+HELP = "fine-tune a pruned model, distilling from the unpruned one"
+
+
+def add_arguments(p) -> None:
+    add_model_args(p)
+    add_data_args(p)
+    p.add_argument("--pruned", required=True, help="the pruned model file to fine-tune (model.safetensors)")
+    p.add_argument("--val-data", help="evaluation data (default: the digits test split with --data digits)")
+    p.add_argument("--output", required=True, help="folder for checkpoint.pt, log.json/csv and model.safetensors")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
+    p.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help="with --resume: accept options (lr, epochs, batch size, ...) that differ from the checkpoint's",
+    )
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--teacher",
+        help="model id of the teacher (default: the unpruned model the student came from; "
+        "its weights from --pretrained/--checkpoint)",
+    )
+    p.add_argument("--no-kd", action="store_true", help="plain cross-entropy, no distillation")
+    p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
+    p.add_argument("--kd-temperature", type=float, default=2.0)
+
+
+def run(args) -> None:
+    config = FinetuneConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        kd_alpha=0.0 if args.no_kd else args.kd_alpha,
+        kd_temperature=args.kd_temperature,
+        max_batches=args.num_batches,
+    )
+    config.validate()
+    output = Path(args.output)
+    check_writable(output / "model.safetensors")
+    written = [output / name for name in ("model.safetensors", CHECKPOINT, "log.json", "log.csv")]
+    check_distinct(written, [args.pruned, args.checkpoint])
+    with distributed_session(args.device) as (device, rank, _):
+        student = load_pruned(args.pruned, device)
+        teacher = None
+        if not args.no_kd and args.teacher:
+            teacher = create_model(args.teacher, pretrained=args.pretrained, checkpoint=args.checkpoint).to(device)
+        elif not args.no_kd:
+            teacher = reference_of(student, args.pretrained, args.checkpoint, args.num_classes, device)
+        train = dataset(args.data, student, split="train", training=True, skip_bad=args.skip_bad_images)
+        val = val_dataset(args.val_data, args.data, student, args.skip_bad_images)
+        history = finetune(
+            student,
+            train,
+            val,
+            config,
+            teacher=teacher,
+            output=output,
+            resume=args.resume,
+            accept_changes=args.resume_anyway,
+        )
+    if rank == 0:
+        save_pruned(student, output / "model.safetensors")
+        print(json.dumps(history[-1]))
+        print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")
+
+
+def interrupted_hint(args) -> str:
+    return f"run the same command with --resume to continue from the last epoch in {args.output}"

@@ -1,0 +1,220 @@
+"""Arguments several commands share, and the helpers that turn their values into models, data and statistics.
+The helpers take values, not the argparse namespace, so the library can call them too."""
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..calibrate import calibrate
+from ..compensation import COMPENSATIONS
+from ..compensation.affine import DEFAULT_RIDGE
+from ..criteria import CRITERIA, CRITERIA_BY_NAME
+from ..data import dataset, loader
+from ..digits import MODEL_NAME
+from ..distributed import shard
+from ..errors import VbpError
+from ..models import create_model, model_name
+from ..recorder import BACKENDS
+from ..select import SCOPES
+from ..sites import find_sites, site_widths
+from ..stats import Stats
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        default=MODEL_NAME,
+        help="a timm name, hf:DIR_OR_ID (Hugging Face), tv:NAME (torchvision) or py:MODULE:FUNCTION (a builder of "
+        "your own); the default is the embedded digits ViT",
+    )
+    p.add_argument(
+        "--sites",
+        action="append",
+        metavar="SPEC",
+        help="name the MLPs yourself, PARENTS:FC1->FC2 or PARENTS:GATE,UP->DOWN (repeatable), e.g. "
+        "'encoder.layer.*:intermediate.dense->output.dense'; without it the model's family finds them",
+    )
+    p.add_argument("--pretrained", action="store_true", help="load the model's pretrained timm weights")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        help="build the model with this many classes (a checkpoint fine-tuned with its own head; timm and tv models)",
+    )
+    p.add_argument("--checkpoint", help="load weights from this file (safetensors or a torch state dict)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="an ImageFolder directory (or a flat folder of images), a .txt file of sentences (one per line, for "
+        "text models), 'digits' (embedded) or 'synthetic' (random inputs)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-batches", type=int, help="use at most this many batches")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="statistics backend: fused Triton kernel, PyTorch hooks, or auto (Triton on CUDA)",
+    )
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be read instead of stopping at the first one",
+    )
+    p.add_argument(
+        "--skip-nonfinite",
+        action="store_true",
+        help="leave out (and count) batches whose activations hold NaN/Inf instead of stopping",
+    )
+
+
+def add_pruning_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scope", choices=SCOPES, default="global", help="rank neurons across all layers or per layer")
+    p.add_argument("--criterion", choices=CRITERIA, default="variance", help="neuron score (VBP's is variance)")
+    p.add_argument(
+        "--compensation",
+        choices=list(COMPENSATIONS),
+        default="mean",
+        help="what replaces pruned hidden values: their mean (VBP), their least-squares prediction from the kept "
+        "ones (affine; calibrates with covariance), or nothing",
+    )
+    p.add_argument("--no-compensation", action="store_true", help="the same as --compensation none")
+    p.add_argument(
+        "--ridge",
+        type=float,
+        help=f"affine compensation's ridge, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE})",
+    )
+    p.add_argument("--min-keep", type=int, default=1, help="keep at least this many neurons per MLP")
+    p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
+    p.add_argument("--stats", help="statistics from `vbp calibrate` (default: calibrate on --data now)")
+
+
+def compensation_of(args) -> str:
+    return "none" if args.no_compensation else args.compensation
+
+
+def needs_covariance(criterion: str = "variance", compensation: str = "none") -> bool:
+    """Whether a criterion or compensation needs covariances calibrated."""
+    return "covariance" in CRITERIA_BY_NAME[criterion].needs | COMPENSATIONS[compensation].needs
+
+
+def weights_of(name: str, pretrained: bool, checkpoint: str | None, num_classes: int | None) -> dict:
+    """create_model arguments for the weights; the embedded model always has its own."""
+    weights = dict(pretrained=pretrained or (name == MODEL_NAME and checkpoint is None), checkpoint=checkpoint)
+    if num_classes is not None:
+        if num_classes < 1:
+            raise VbpError(f"--num-classes must be at least 1, got {num_classes}")
+        weights["num_classes"] = num_classes
+    return weights
+
+
+def check_device(device: str) -> str:
+    """A clear error for a device that does not parse or is not here, before any work."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise VbpError(f"--device '{device}' is not a device name; use cpu, cuda or cuda:N") from exc
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise VbpError(f"--device {device}: no such CUDA device here ({torch.cuda.device_count()} visible); use --device cpu")
+    return device
+
+
+def load_model(name: str, weights: dict, device: str, sites: list[str] | None = None) -> nn.Module:
+    """The model `name` with `weights` (see weights_of) on `device`, its site spec attached; warns when its
+    weights are random."""
+    model = create_model(name, **weights).to(check_device(device))
+    if not (weights["pretrained"] or weights["checkpoint"] or name.startswith("hf:")):
+        print(
+            f"warning: {name} has random weights (no --pretrained, no --checkpoint): accuracy, retention and "
+            "the choice of neurons say nothing about a trained model",
+            file=sys.stderr,
+        )
+    if sites:
+        find_sites(model, spec=sites)  # the spec stays with the model
+    return model
+
+
+def model_of(args) -> nn.Module:
+    """--model with --pretrained/--checkpoint/--num-classes on --device, with --sites."""
+    return load_model(args.model, weights_of(args.model, args.pretrained, args.checkpoint, args.num_classes),
+                      args.device, args.sites)
+
+
+def batches(spec: str, model: nn.Module, split: str, batch_size: int, num_batches: int | None, skip_bad: bool):
+    """Batches of the data `spec` (this process's shard of it under torchrun)."""
+    num_inputs = batch_size * (num_batches or 1)
+    data = dataset(spec, model, split=split, num_images=num_inputs, skip_bad=skip_bad)
+    return loader(shard(data), batch_size)
+
+
+def limited(data, num_batches: int | None):
+    """The first num_batches batches (all when None), as a re-iterable list or the loader itself."""
+    if num_batches is None:
+        return data
+    if num_batches < 1:
+        raise VbpError(f"--num-batches must be at least 1, got {num_batches}")
+    return list(itertools.islice(data, num_batches))
+
+
+def val_dataset(val_data: str | None, data: str, model: nn.Module, skip_bad: bool):
+    """--val-data, or the digits test split with --data digits; None when neither is given."""
+    if val_data or data == "digits":
+        return dataset(val_data or data, model, split="test", skip_bad=skip_bad)
+    return None
+
+
+def run_options(args) -> dict:
+    """The options that shape calibration statistics, recorded with them (and checked on --resume)."""
+    names = ("model", "pretrained", "checkpoint", "sites", "data", "batch_size", "num_batches", "skip_nonfinite")
+    return {n: getattr(args, n) for n in names}
+
+
+def calibrate_on_data(args, model: nn.Module, covariance: bool, samples: int = 0, **resume) -> Stats:
+    """Calibrate `model` on --data's train split with the data options of `args`."""
+    stats = calibrate(
+        model,
+        batches(args.data, model, "train", args.batch_size, args.num_batches, args.skip_bad_images),
+        num_batches=args.num_batches,
+        samples=samples,
+        backend=args.backend,
+        nonfinite="skip" if args.skip_nonfinite else "error",
+        covariance=covariance,
+        run=run_options(args),
+        **resume,
+    )
+    if any(stats.skipped.values()):
+        print(f"left out batches with NaN/Inf activations, per site: {stats.skipped}")
+    return stats
+
+
+def stats_for(args, model: nn.Module) -> Stats:
+    """The statistics of --stats when given (checked against the model), else a calibration on --data now
+    (with covariance when --criterion or --compensation needs it)."""
+    if not args.stats:
+        return calibrate_on_data(args, model, needs_covariance(args.criterion, compensation_of(args)))
+    if not Path(args.stats).exists():
+        raise VbpError(
+            f"statistics file {args.stats} does not exist; run `vbp calibrate --stats {args.stats}` first "
+            "or leave out --stats to calibrate now"
+        )
+    stats = Stats.load(args.stats)
+    stats.check_matches(model_name(model), site_widths(model), what=f"--model ({args.model})")
+    print(f"statistics from {args.stats}")
+    return stats
+
+
+def reference_of(pruned: nn.Module, pretrained: bool, checkpoint: str | None, num_classes: int | None, device: str):
+    """The unpruned model a pruned one came from: its id and construction arguments, with these weights."""
+    from ..models import model_source
+
+    source = model_source(pruned)
+    name = source["model"]
+    weights = weights_of(name, pretrained, checkpoint, num_classes)
+    return create_model(name, **{**source.get("kwargs", {}), **weights}).to(device)
