@@ -1,9 +1,10 @@
 """Hugging Face transformers models ("hf:DIR_OR_ID"): loaded with AutoModel, rebuilt from (class, config).
 
 Sites, found by the module names transformers uses:
-- BERT, RoBERTa, ViT, DeiT, ...: a layer with `intermediate.dense` (then `intermediate.intermediate_act_fn`)
-  read by `output.dense` (dropout, residual and LayerNorm come after fc2 and change nothing);
-- CLIP, DINOv2, SigLIP, ...: a module with `fc1` and `fc2` (activation `activation_fn` or `activation`);
+- BERT, RoBERTa, ...: a layer with `intermediate.dense` (then `intermediate.intermediate_act_fn`) read by
+  `output.dense` (dropout, residual and LayerNorm come after fc2 and change nothing);
+- ViT and DeiT (transformers 5), CLIP, DINOv2, SigLIP, ...: a module with `fc1` and `fc2` (activation
+  `activation_fn` or `activation`);
 - LLaMA, Qwen, Mistral, ...: a gated module with `gate_proj`, `up_proj` and `down_proj`.
 A pruned model keeps its class and config; its narrower layers come from vbp's file (`vbp.load_pruned`),
 since an HF config holds one `intermediate_size` for all layers.
