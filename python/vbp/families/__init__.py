@@ -43,7 +43,11 @@ class Family:
 FAMILIES: list[Family] = []
 
 
-def register(family: Family) -> Family:
+def register(module, name: str, prefix: str, looked_for: str = "", aliases: tuple[str, ...] = ()) -> Family:
+    """Register the family a module implements: its functions create, owns, model_id, describe, build,
+    example_input and, optionally, find (see `Family`)."""
+    fns = [getattr(module, f) for f in ("create", "owns", "model_id", "describe", "build", "example_input")]
+    family = Family(name, prefix, *fns, getattr(module, "find", None), looked_for, aliases)
     FAMILIES.append(family)
     return family
 

@@ -11,6 +11,7 @@ since an HF config holds one `intermediate_size` for all layers.
 """
 
 import os
+import sys
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from torch import nn
 from ..activations import register_gelu
 from ..errors import VbpError
 from ..sites import MlpSite, chain_problem
-from . import Family, register
+from . import register
 
 TEXT_LENGTH = 128  # tokens of the input `vbp.count` counts a text model at
 
@@ -129,17 +130,9 @@ def find(model: nn.Module) -> tuple[list[MlpSite], list[str]]:
 
 _register_gelus()
 FAMILY = register(
-    Family(
-        "Hugging Face",
-        "hf:",
-        create,
-        owns,
-        model_id,
-        describe,
-        build,
-        example_input,
-        find,
-        looked_for="transformers models with intermediate.dense -> output.dense, fc1 -> fc2, or "
-        "gate_proj/up_proj -> down_proj",
-    )
+    sys.modules[__name__],
+    "Hugging Face",
+    "hf:",
+    looked_for="transformers models with intermediate.dense -> output.dense, fc1 -> fc2, or "
+    "gate_proj/up_proj -> down_proj",
 )

@@ -6,12 +6,13 @@ imported and called again). Name its sites with a spec (`vbp.families.spec`) unl
 """
 
 import importlib
+import sys
 
 import torch
 from torch import nn
 
 from ..errors import VbpError
-from . import Family, register
+from . import register
 
 _SOURCE = "_vbp_python_source"  # {"model": "py:MODULE:FUNCTION", "kwargs": {...}} recorded by `create`
 INPUT_SHAPE = "_vbp_input_shape"  # optional attribute a builder may set: the input shape `vbp.count` uses
@@ -54,4 +55,4 @@ def example_input(model: nn.Module) -> torch.Tensor:
     return torch.zeros(1, *getattr(model, INPUT_SHAPE))
 
 
-FAMILY = register(Family("Python builder", "py:", create, owns, model_id, describe, build, example_input))
+FAMILY = register(sys.modules[__name__], "Python builder", "py:")

@@ -4,6 +4,8 @@ Mlp / ConvMlp: fc1 -> act -> fc2 (Linear or 1x1 Conv2d), SwiGLU: act(fc1_g(x)) *
 norm layer sits between fc1 and fc2 is skipped, since a norm mixes neurons.
 """
 
+import sys
+
 import timm
 import timm.layers.activations as timm_act
 import torch
@@ -13,7 +15,7 @@ from torch import nn
 from ..activations import register_gelu
 from ..errors import VbpError
 from ..sites import MlpSite, chain_problem
-from . import Family, register
+from . import register
 
 register_gelu(timm_act.GELU, "gelu")
 register_gelu(timm_act.GELUTanh, "gelu_tanh")
@@ -78,17 +80,9 @@ def find(model: nn.Module) -> tuple[list[MlpSite], list[str]]:
 
 
 FAMILY = register(
-    Family(
-        "timm",
-        "",
-        create,
-        owns,
-        model_id,
-        describe,
-        build,
-        example_input,
-        find,
-        looked_for="timm.layers.Mlp, ConvMlp and SwiGLU blocks (fc1 -> act -> fc2)",
-        aliases=("timm:",),
-    )
+    sys.modules[__name__],
+    "timm",
+    "",
+    looked_for="timm.layers.Mlp, ConvMlp and SwiGLU blocks (fc1 -> act -> fc2)",
+    aliases=("timm:",),
 )

@@ -4,12 +4,14 @@ Sites: in any nn.Sequential, a Linear, an activation, any dropouts, and a Linear
 `MLP`/`MLPBlock` of ViT and Swin (children 0, 1, 3), and the Linear-GELU-Linear inside ConvNeXt's CNBlock.
 """
 
+import sys
+
 import torch
 from torch import nn
 
 from ..errors import VbpError
 from ..sites import MlpSite, chain_problem
-from . import Family, register
+from . import register
 
 ACTIVATIONS = (nn.GELU, nn.ReLU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LeakyReLU)
 _SOURCE = "_vbp_torchvision_source"  # (name, kwargs) recorded by `create`
@@ -99,16 +101,8 @@ def find(model: nn.Module) -> tuple[list[MlpSite], list[str]]:
 
 
 FAMILY = register(
-    Family(
-        "torchvision",
-        "tv:",
-        create,
-        owns,
-        model_id,
-        describe,
-        build,
-        example_input,
-        find,
-        looked_for="nn.Sequential runs Linear -> activation -> (Dropout) -> Linear (torchvision MLP, ConvNeXt blocks)",
-    )
+    sys.modules[__name__],
+    "torchvision",
+    "tv:",
+    looked_for="nn.Sequential runs Linear -> activation -> (Dropout) -> Linear (torchvision MLP, ConvNeXt blocks)",
 )
