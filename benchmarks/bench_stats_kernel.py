@@ -58,8 +58,10 @@ def test_stats_kernel_against_copy_and_eager(benchmark):
     benchmark.pedantic(lambda: activation_moments(x, "gelu"), rounds=20, warmup_rounds=3)
 
 
-@pytest.mark.parametrize("mode", ["inference", "triton", "torch"])
+@pytest.mark.parametrize("mode", ["inference", "triton", "torch", "triton+covariance"])
 def test_calibration_throughput_deit_base(benchmark, mode):
+    """DeiT-B at batch 256, bf16: plain inference, calibration by each backend, and with every site's 3072 x 3072
+    covariance (affine compensation's statistics: one more GEMM per site and batch, 906 MB of float64)."""
     from triton.testing import do_bench
 
     model = timm.create_model("deit_base_patch16_224").cuda().eval().to(torch.bfloat16)
@@ -70,7 +72,8 @@ def test_calibration_throughput_deit_base(benchmark, mode):
             with torch.inference_mode():
                 model(images)
         else:
-            vbp.calibrate(model, [images], backend=mode, progress=False)
+            backend, _, extra = mode.partition("+")
+            vbp.calibrate(model, [images], backend=backend, progress=False, covariance=extra == "covariance")
 
     ms = do_bench(run, warmup=3, rep=200)
     benchmark.extra_info.update({"images_per_s": 256 / ms * 1e3, "ms": ms})

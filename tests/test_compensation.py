@@ -74,7 +74,7 @@ def test_affine_is_least_squares_on_the_calibration_data(make):
     a, c = affine_predictor(stats.covariance(site.name), stats.covariances[site.name].mean, keep, pruned, 0.0)
     cond = float(torch.linalg.cond(design))
     torch.testing.assert_close(a, beta[:-1].T, rtol=0, atol=cond * 1e3 * EPS * float(beta.abs().max()))
-    w2_p = site.consumer_weights()[0][:, pruned]
+    w2_p = site.consumer_weights()[0][:, pruned].detach()
     residual = h[:, pruned] - design @ beta
     best = float((residual @ w2_p.T).square().sum())
     assert errors["ls"] == pytest.approx(best, rel=cond * 1e3 * EPS)

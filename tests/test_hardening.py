@@ -219,3 +219,20 @@ def test_truncated_finetuning_checkpoint_is_a_clear_error(inputs, tmp_path, caps
     args = ["finetune", "--pruned", str(inputs / "pruned.safetensors"), "--output", str(tmp_path), "--resume"]
     assert main([*args, "--epochs", "1"]) == 2
     assert "not a readable fine-tuning checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: d.pop("keep"), "KeyError"),
+        (lambda d: d["keep"].update({"blocks.0.mlp": [0, 1.5]}), "must be an integer"),
+        (lambda d: d["widths"].update({"blocks.0.mlp": "wide"}), "malformed vbp plan"),
+        (lambda d: d["keep"].update({"blocks.0.mlp": [3, 1]}), "invalid set of neurons"),
+    ],
+)
+def test_malformed_plans_are_clear_errors(inputs, tmp_path, edit, message):
+    doc = json.loads((inputs / "plan.json").read_text())
+    edit(doc)
+    (tmp_path / "plan.json").write_text(json.dumps(doc))
+    with pytest.raises(vbp.VbpError, match=message):
+        vbp.Plan.load(tmp_path / "plan.json")
