@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench sweep build clean
+.PHONY: demo test bench sweep build clean gpu-check
 
 $(STAMP): requirements.txt pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ sweep: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pytest -q benchmarks/bench_*.py --benchmark-only
+
+# The prepared GPU run: build, CUDA tests, GPU benchmarks, paper Table 12; logs and results in OUT.
+# On the device machine, whose python3 has torch, triton and timm: make gpu-check GPU_PYTHON=python3 OUT=$$OUT
+OUT ?= out/gpu-check
+GPU_PYTHON ?= $(PY)
+gpu-check: $(if $(filter $(PY),$(GPU_PYTHON)),$(STAMP))
+	$(GPU_PYTHON) scripts/gpu_check.py --out $(OUT)
 
 clean:
 	rm -rf $(VENV) build python/*.egg-info python/vbp/_C*.so out
