@@ -131,7 +131,7 @@ def test_weighted_variance_and_redundancy_criteria():
         mlp.fc2.weight[:, 15] *= 10
     x = data()
     stats = vbp.calibrate(model, x, covariance=True, progress=False)
-    norms = mlp.fc2.weight.double().square().sum(0)
+    norms = mlp.fc2.weight.detach().double().square().sum(0)
     weighted = vbp.criteria.neuron_scores("weighted_variance", stats, model)["0"]
     torch.testing.assert_close(weighted, stats.variance("0") * norms, rtol=1e-12, atol=0)
     redundancy = vbp.criteria.neuron_scores("redundancy", stats, model)["0"]
