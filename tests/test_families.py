@@ -298,3 +298,10 @@ def test_hf_vision_model_calibrates_on_an_image_folder_through_its_image_process
     assert main(["calibrate", "--model", f"hf:{tmp_path / 'vit'}", "--data", str(tmp_path / "images"),
                  "--batch-size", "2", "--stats", str(stats)]) == 0
     assert all(m.count == 3 * 5 for m in vbp.Stats.load(stats).sites.values())  # 4 patches + [CLS] per image
+
+
+def test_torchvision_vit_b_16_counts_as_deit_base():
+    """Same architecture (paper Table 10: 17.58 GMACs, 86.57 M params); torchvision's attention runs as one fused
+    op in eval mode, which the count must see."""
+    macs, params = vbp.count(vbp.create_model("tv:vit_b_16"))
+    assert (round(macs / 1e9, 2), round(params / 1e6, 2)) == (17.58, 86.57)

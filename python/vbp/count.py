@@ -36,10 +36,20 @@ def _compact_mlp_flop(x_shape, w1_shape, b1_shape, w2_shape, *args, out_shape=No
     return 2 * tokens * (w1_shape[0] * w1_shape[1] + w2_shape[0] * w2_shape[1])
 
 
+def _native_mha_flop(query_shape, key_shape, value_shape, embed_dim, num_heads, *args, out_shape=None, **kwargs) -> int:
+    """nn.MultiheadAttention's fused inference op (torchvision ViT/Swin in eval mode): the q, k, v and output
+    projections and the two attention matmuls, as FLOPs (2 per MAC). query [B, L, E], key/value [B, S, E]."""
+    batch, length, dim = query_shape
+    source = key_shape[1]
+    macs = batch * (2 * length * dim * dim + 2 * source * dim * dim + 2 * length * source * dim)
+    return 2 * macs
+
+
 _FVCORE_EXTRAS = {
     aten.native_layer_norm: _layer_norm_flop,
     # CPU's fused attention kernel, which FlopCounterMode does not know by itself.
     aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flop,
+    aten._native_multi_head_attention: _native_mha_flop,
 }
 
 
