@@ -257,3 +257,27 @@ def test_slice_and_compact_mlp_cuda_match_cpu(dtype):
     want = float64_mlp(x, cpu[0], cpu[1], cpu[2], b2)
     tol = 1e-2 if dtype == torch.bfloat16 else 1e-3
     torch.testing.assert_close(got.cpu().double(), want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+def test_measured_choice_picks_the_faster_implementation_per_key_and_keeps_it():
+    import time
+
+    from vbp.kernel_choice import MeasuredChoice
+
+    calls = []
+
+    def slow(x):
+        calls.append("slow")
+        time.sleep(0.002)
+        return x
+
+    def quick(x):
+        calls.append("quick")
+        return x
+
+    choice = MeasuredChoice(slow, quick)
+    assert choice("shape-a", 1) == 1 and (calls.count("slow"), calls.count("quick")) == (3, 4)  # 3 timed each, then the faster runs
+    calls.clear()
+    choice("shape-a", 2)
+    assert calls == ["quick"]  # decided once per key
+    assert MeasuredChoice(quick, slow)("k", 3) == 3 and calls[-1] == "quick"

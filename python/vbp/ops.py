@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import VbpError
+from .kernel_choice import MeasuredChoice
 
 
 def _load_extension() -> bool:
@@ -84,15 +85,27 @@ def compact_mlp_reference(
     return F.linear(F.gelu(F.linear(x, w1, b1), approximate=approximate), w2, b2)
 
 
+def _native_compact_mlp(x, w1, b1, w2, b2, approximate):
+    return torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2, approximate)
+
+
+# On the CPU, per shape, the faster of the extension's op and eager PyTorch (see kernel_choice).
+_CPU_CHOICE = MeasuredChoice(_native_compact_mlp, compact_mlp_reference)
+
+
 def compact_mlp(
     x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, approximate: str = "none"
 ) -> torch.Tensor:
     """Inference forward of a (pruned) MLP: the extension's op when built (on the CPU, oneDNN GEMMs with bias and
-    GELU fused into fc1's epilogue; on CUDA, biased cuBLAS GEMMs with GELU in place), `compact_mlp_reference`
-    otherwise. No autograd: use it under torch.no_grad/inference_mode."""
-    if _HAS_EXTENSION:
-        return torch.ops.vbp.compact_mlp(x, w1, b1, w2, b2, approximate)
-    return compact_mlp_reference(x, w1, b1, w2, b2, approximate)
+    GELU fused into fc1's epilogue, unless eager PyTorch measured faster for this shape on this CPU; on CUDA,
+    biased cuBLAS GEMMs with GELU in place), `compact_mlp_reference` otherwise. No autograd: use it under
+    torch.no_grad/inference_mode."""
+    if not _HAS_EXTENSION:
+        return compact_mlp_reference(x, w1, b1, w2, b2, approximate)
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():  # a traced graph holds the op itself
+        key = (x.dtype, x.numel() // x.shape[-1], *w1.shape, w2.shape[0], approximate, torch.get_num_threads())
+        return _CPU_CHOICE(key, x, w1, b1, w2, b2, approximate)
+    return _native_compact_mlp(x, w1, b1, w2, b2, approximate)
 
 
 def compact_mlp_triton(
