@@ -85,6 +85,12 @@ BAD = [
      "calibrate again with covariance"),
     (["prune", "--ratio", "0.5", "--data", "{d}/bad", "--model", "deit_tiny_patch16_224"], "cannot read the image"),
     (["prune", "--ratio", "0.5", "--data", "{d}/notes.md"], "does not exist"),
+    # options that contradict each other
+    (["prune", "--ratio", "0.5", "--no-compensation", "--compensation", "affine"], "contradicts"),
+    (["prune", "--ratio", "0.5", "--ridge", "0.1"], "--ridge applies to --compensation affine only"),
+    (["finetune", "--pruned", "{d}/pruned.safetensors", "--output", "{d}/ft", "--no-kd", "--teacher", "x"],
+     "give one of them"),
+    (["calibrate", "--stats", "{d}/new.safetensors", "--resume-anyway"], "give it with --resume"),
 ]
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ..errors import VbpError
 from ..files import check_distinct, check_writable
 from .options import add_data_args, add_model_args, calibrate_on_data, model_of
 from .session import distributed_session
@@ -35,6 +36,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
+    if args.resume_anyway and not args.resume:
+        raise VbpError("--resume-anyway accepts changed options when resuming: give it with --resume")
     check_writable(args.stats)
     check_distinct([args.stats, f"{args.stats}.partial"], [args.checkpoint])
     with distributed_session(args.device) as (args.device, rank, world):

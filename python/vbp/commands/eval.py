@@ -9,7 +9,17 @@ from ..errors import VbpError
 from ..evaluate import accuracy, latencies, latency_images, retention
 from ..select import check_ratio, check_selection_options
 from ..sites import site_widths
-from .options import add_data_args, add_model_args, add_pruning_args, batches, limited, model_of, reference_of, stats_for
+from .options import (
+    add_data_args,
+    add_model_args,
+    add_pruning_args,
+    batches,
+    compensation_of,
+    limited,
+    model_of,
+    reference_of,
+    stats_for,
+)
 from .prune import pruned_model
 from .session import distributed_session
 
@@ -45,6 +55,8 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     if args.pruned and args.ratio is not None:
         raise VbpError("--pruned evaluates a model pruned before and --ratio prunes one now: give one of them")
+    if args.ratio is not None:
+        compensation_of(args)  # contradictory options end here, before any work
     if args.data == "synthetic":
         raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
     if args.latency_batch is not None and args.latency_batch < 1:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..checkpoint import load_pruned, save_pruned
 from ..data import dataset
+from ..errors import VbpError
 from ..files import check_distinct, check_writable
 from ..finetune import CHECKPOINT, FinetuneConfig, finetune
 from ..models import create_model
@@ -41,6 +42,10 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
+    if args.no_kd and args.teacher:
+        raise VbpError("--teacher names a model to distil from and --no-kd turns distillation off: give one of them")
+    if args.resume_anyway and not args.resume:
+        raise VbpError("--resume-anyway accepts changed options when resuming: give it with --resume")
     config = FinetuneConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

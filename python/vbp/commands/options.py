@@ -97,7 +97,13 @@ def add_pruning_args(p: argparse.ArgumentParser) -> None:
 
 
 def compensation_of(args) -> str:
-    return "none" if args.no_compensation else args.compensation
+    """--compensation, or "none" with --no-compensation; options that contradict each other are refused."""
+    if args.no_compensation and args.compensation != "mean":
+        raise VbpError(f"--no-compensation contradicts --compensation {args.compensation}: give one of them")
+    compensation = "none" if args.no_compensation else args.compensation
+    if getattr(args, "ridge", None) is not None and compensation != "affine":
+        raise VbpError(f"--ridge applies to --compensation affine only, not {compensation}")
+    return compensation
 
 
 def needs_covariance(criterion: str = "variance", compensation: str = "none") -> bool:

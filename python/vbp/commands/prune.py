@@ -40,6 +40,7 @@ def pruned_model(args, model, stats):
 
 def run(args) -> None:
     check_ratio(args.ratio)
+    compensation_of(args)  # contradictory options end here, before any work
     written = [args.summary]
     if args.output:
         written += [Path(args.output) / name for name in ("model.safetensors", "plan.json", "stats.safetensors")]
