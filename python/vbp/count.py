@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .calibrate import run_model
+from .compact import CompactMlp
 from .errors import VbpError
 from .families import family_of
 
@@ -79,8 +80,9 @@ def count(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[
     model.eval()
     device = next(model.parameters()).device
     try:
-        # a first pass outside the count: kernels that time their first call (vbp.kernel_choice) do it there
-        run_model(model, x, device)
+        if any(isinstance(m, CompactMlp) for m in model.modules()):
+            # a first pass outside the count: the compact MLP times its kernels on its first call (kernel_choice)
+            run_model(model, x, device)
         with FlopCounterMode(display=False, custom_mapping=_extras()) as counter:
             run_model(model, x, device)
     finally:
