@@ -9,13 +9,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .covariance import CoMoments
 from .distributed import all_gather_stats
 from .errors import VbpError
 from .models import model_device, model_name
 from .recorder import SiteRecorder, attach, resolve_backend
 from .reservoir import Reservoir
 from .sites import find_sites
-from .covariance import CoMoments
 from .stats import Moments, Stats
 
 

@@ -65,8 +65,11 @@ class SiteRecorder:
             )
         return h.detach()[self.mask]
 
-    def update(self, update: Moments, pre: torch.Tensor | None, post: torch.Tensor) -> None:
-        """Fold in one batch's moments; pre/post: the pre-activation and hidden value (for the reservoir)."""
+    def update(
+        self, update: Moments, pre: torch.Tensor | None, post: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> None:
+        """Fold in one batch's moments; pre/post: the pre-activation and hidden value (for the covariance and the
+        reservoir); rows: `samples(post)` where the caller has it already."""
         finite = update.is_finite()
         if self.nonfinite == "skip":
             if not finite:
@@ -77,11 +80,14 @@ class SiteRecorder:
         elif not finite:
             self._fail(self.batch)
         self.moments = self.moments.merge(update)
+        keep_sample = self.reservoir is not None and pre is not None
+        if rows is None and (self.covariance is not None or keep_sample):
+            rows = self.samples(post)
         if self.covariance is not None:  # shifted by the running mean, close to this batch's
             shift = self.covariance.mean if self.covariance.count else None
-            self.covariance = self.covariance.merge(CoMoments.of(self.samples(post), shift))
-        if self.reservoir is not None and pre is not None:
-            self.reservoir.add(self.samples(pre), self.samples(post))
+            self.covariance = self.covariance.merge(CoMoments.of(rows, shift))
+        if keep_sample:
+            self.reservoir.add(self.samples(pre), rows)
 
     def finish(self) -> None:
         """Raise for any deferred non-finite batch (one host sync for the whole calibration)."""
@@ -132,24 +138,30 @@ class _FusedActivation(nn.Module):
         r = self.recorder
         dim = r.site.channel_dim
         y, count, mean, m2 = activation_moments(x, self.activation, dim, write_output=True)
+        rows = None
         if r.mask is not None:  # padding: reduce the real tokens' rows of the output instead
-            _, count, mean, m2 = activation_moments(r.samples(y), "none", -1)
-        r.update(Moments(count, mean, m2), x, y)
+            rows = r.samples(y)
+            _, count, mean, m2 = activation_moments(rows, "none", -1)
+        r.update(Moments(count, mean, m2), x, y, rows)
         return y
 
 
-def _torch_reduce(recorder: SiteRecorder, h: torch.Tensor) -> Moments:
-    return Moments.of(recorder.samples(h))
+def _torch_reduce(recorder: SiteRecorder, h: torch.Tensor) -> tuple[Moments, torch.Tensor]:
+    """(moments, the [N, C] rows they were reduced from)."""
+    rows = recorder.samples(h)
+    return Moments.of(rows), rows
 
 
-def _triton_reduce(recorder: SiteRecorder, h: torch.Tensor) -> Moments:
+def _triton_reduce(recorder: SiteRecorder, h: torch.Tensor) -> tuple[Moments, torch.Tensor | None]:
+    """(moments, the [N, C] rows when padding made them; None when the kernel read `h` in place)."""
     from vbp_kernels import activation_moments
 
     if recorder.mask is not None:
-        _, count, mean, m2 = activation_moments(recorder.samples(h), "none", -1)
-    else:
-        _, count, mean, m2 = activation_moments(h.detach(), "none", recorder.site.channel_dim)
-    return Moments(count, mean, m2)
+        rows = recorder.samples(h)
+        _, count, mean, m2 = activation_moments(rows, "none", -1)
+        return Moments(count, mean, m2), rows
+    _, count, mean, m2 = activation_moments(h.detach(), "none", recorder.site.channel_dim)  # NCHW read in place
+    return Moments(count, mean, m2), None
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -176,7 +188,8 @@ def attach(recorder: SiteRecorder, backend: str):
     reduce = _triton_reduce if backend == "triton" else _torch_reduce
 
     def observe(hidden: torch.Tensor) -> None:
-        recorder.update(reduce(recorder, hidden), recorder.pre, hidden)
+        moments, rows = reduce(recorder, hidden)
+        recorder.update(moments, recorder.pre, hidden, rows)
 
     handles = [site.observe(observe)]
     if recorder.reservoir is not None:
