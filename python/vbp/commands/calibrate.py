@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-from ..errors import VbpError
 from ..files import check_distinct, check_writable
-from .options import add_data_args, add_model_args, calibrate_on_data, model_of
+from .options import add_data_args, add_model_args, add_resume_args, calibrate_on_data, check_resume_args, model_of
 from .session import distributed_session
 
 NAME = "calibrate"
@@ -21,12 +20,7 @@ def add_arguments(p) -> None:
         default=0,
         help="save the running statistics to STATS.partial every K batches (for --resume)",
     )
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from STATS.partial")
-    p.add_argument(
-        "--resume-anyway",
-        action="store_true",
-        help="with --resume: accept options (data, batch size, weights, ...) that differ from the checkpoint's",
-    )
+    add_resume_args(p, "STATS.partial", "data, batch size, weights")
     p.add_argument(
         "--covariance",
         action="store_true",
@@ -36,8 +30,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    if args.resume_anyway and not args.resume:
-        raise VbpError("--resume-anyway accepts changed options when resuming: give it with --resume")
+    check_resume_args(args)
     check_writable(args.stats)
     check_distinct([args.stats, f"{args.stats}.partial"], [args.checkpoint])
     with distributed_session(args.device) as (args.device, rank, world):

@@ -9,7 +9,7 @@ from ..errors import VbpError
 from ..files import check_distinct, check_writable
 from ..finetune import CHECKPOINT, FinetuneConfig, finetune
 from ..models import create_model
-from .options import add_data_args, add_model_args, reference_of, val_dataset
+from .options import add_data_args, add_model_args, add_resume_args, check_resume_args, reference_of, val_dataset
 from .session import distributed_session
 
 NAME = "finetune"
@@ -22,12 +22,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pruned", required=True, help="the pruned model file to fine-tune (model.safetensors)")
     p.add_argument("--val-data", help="evaluation data (default: the digits test split with --data digits)")
     p.add_argument("--output", required=True, help="folder for checkpoint.pt, log.json/csv and model.safetensors")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --output")
-    p.add_argument(
-        "--resume-anyway",
-        action="store_true",
-        help="with --resume: accept options (lr, epochs, batch size, ...) that differ from the checkpoint's",
-    )
+    add_resume_args(p, "the checkpoint in --output", "lr, epochs, batch size")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -44,8 +39,7 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     if args.no_kd and args.teacher:
         raise VbpError("--teacher names a model to distil from and --no-kd turns distillation off: give one of them")
-    if args.resume_anyway and not args.resume:
-        raise VbpError("--resume-anyway accepts changed options when resuming: give it with --resume")
+    check_resume_args(args)
     config = FinetuneConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,

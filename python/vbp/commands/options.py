@@ -96,6 +96,21 @@ def add_pruning_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", help="statistics from `vbp calibrate` (default: calibrate on --data now)")
 
 
+def add_resume_args(p: argparse.ArgumentParser, resumes_from: str, result_options: str) -> None:
+    """--resume (from `resumes_from`) and --resume-anyway (accept other `result_options` than the checkpoint's)."""
+    p.add_argument("--resume", action="store_true", help=f"continue an interrupted run from {resumes_from}")
+    p.add_argument(
+        "--resume-anyway",
+        action="store_true",
+        help=f"with --resume: accept options ({result_options}, ...) that differ from the checkpoint's",
+    )
+
+
+def check_resume_args(args) -> None:
+    if args.resume_anyway and not args.resume:
+        raise VbpError("--resume-anyway accepts changed options when resuming: give it with --resume")
+
+
 def compensation_of(args) -> str:
     """--compensation, or "none" with --no-compensation; options that contradict each other are refused."""
     if args.no_compensation and args.compensation != "mean":
