@@ -50,8 +50,7 @@ def prune(
             )
         stats.check_matches(name, widths)
         if "covariance" in strategy.needs:
-            for site in sites:
-                stats.covariance(site.name, needed_for=f"{strategy.name} compensation")
+            stats.check_covariances(widths, needed_for=f"{strategy.name} compensation")
     for site in sites:
         keep = plan.kept(site.name).to(site.device)
         pruned = plan.pruned(site.name).to(site.device)

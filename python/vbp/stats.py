@@ -101,13 +101,18 @@ class Stats:
     def variance(self, site: str) -> torch.Tensor:
         return self.sites[site].variance
 
+    def check_covariances(self, sites, needed_for: str = "this") -> None:
+        """A clear error unless the covariance of every one of `sites` (names) was gathered."""
+        missing = [site for site in sites if site not in self.covariances]
+        if missing:
+            raise VbpError(
+                f"{needed_for} needs the covariance of site '{missing[0]}', which these statistics lack; calibrate "
+                "again with covariance (vbp.calibrate(..., covariance=True), vbp calibrate --covariance)"
+            )
+
     def covariance(self, site: str, needed_for: str = "this") -> torch.Tensor:
         """[C, C] float64 covariance of a site's hidden value; a clear error when it was not gathered."""
-        if site not in self.covariances:
-            raise VbpError(
-                f"{needed_for} needs the covariance of site '{site}', which these statistics lack; calibrate again "
-                "with covariance (vbp.calibrate(..., covariance=True), vbp calibrate --covariance)"
-            )
+        self.check_covariances([site], needed_for)
         return self.covariances[site].covariance
 
     def merge(self, other: "Stats") -> "Stats":

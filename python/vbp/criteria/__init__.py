@@ -51,8 +51,7 @@ def neuron_scores(
     if "model" in c.needs and model is None:
         raise VbpError(f"the {criterion} criterion needs the model; pass model=")
     if "covariance" in c.needs:
-        for site in stats.sites:
-            stats.covariance(site, needed_for=f"the {criterion} criterion")
+        stats.check_covariances(stats.sites, needed_for=f"the {criterion} criterion")
     return c.scores(stats, model, seed)
 
 
