@@ -18,8 +18,10 @@ build: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vbp demo
 
-# VBP_REQUIRE_EXTENSION makes the native-op tests fail, not skip, if vbp._C did not build.
+# Lint first (pinned ruff, rules in pyproject.toml); VBP_REQUIRE_EXTENSION makes the native-op tests fail, not
+# skip, if vbp._C did not build.
 test: $(STAMP)
+	$(VENV)/bin/ruff check python tests benchmarks scripts vbp_kernels
 	VBP_REQUIRE_EXTENSION=1 $(PY) -m pytest -q tests
 
 # The committed evidence in docs/sweep/: every criterion at 10%..70%, fine-tuned 5 epochs each, with figures.

@@ -6,6 +6,7 @@
 import pytest
 import timm
 import torch
+
 import vbp
 
 

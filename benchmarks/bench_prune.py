@@ -9,6 +9,7 @@ import copy
 import pytest
 import timm
 import torch
+
 import vbp
 from vbp import ops
 from vbp.evaluate import interleaved_medians

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 import vbp
+from vbp import digits_vit  # noqa: F401  (registers vbp_digits_vit with timm)
 from vbp.digits import MODEL_NAME, WEIGHTS
 from vbp.evaluate import accuracy
 from vbp.files import atomic_path

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import random_batches, small_model
 
 import vbp
-from conftest import random_batches, small_model
 
 
 def reference_stats(model, batches):
@@ -133,7 +133,7 @@ def test_resume_ends_with_the_uninterrupted_statistics(deit_tiny_small, tmp_path
         vbp.calibrate(deit_tiny_small, interrupted(), checkpoint=ckpt, checkpoint_every=2, progress=False)
     assert vbp.Stats.load(ckpt).batches == 2
     resumed = vbp.calibrate(deit_tiny_small, batches, checkpoint=ckpt, checkpoint_every=2, resume=True, progress=False)
-    assert resumed.batches == 5 and resumed.images == 10
+    assert resumed.batches == 5 and resumed.inputs == 10
     for site in whole.sites:
         assert resumed.sites[site].count == whole.sites[site].count
         torch.testing.assert_close(resumed.mean(site), whole.mean(site), rtol=1e-12, atol=1e-15)

@@ -4,11 +4,11 @@ import copy
 
 import pytest
 import torch
+from conftest import random_batches, small_model
 from safetensors import safe_open
 
 import vbp
 from vbp.files import atomic_path
-from conftest import random_batches, small_model
 
 
 @pytest.mark.parametrize(

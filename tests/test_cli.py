@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from conftest import assert_stats_close, run_torchrun
 
 import vbp
-from conftest import assert_stats_close, run_torchrun
 from vbp.cli import main
 
 
@@ -148,7 +148,7 @@ def test_calibrate_under_torchrun_equals_one_process(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert main(["calibrate", "--batch-size", "100", "--stats", str(tmp_path / "one.safetensors")]) == 0
     two, one = vbp.Stats.load(tmp_path / "two.safetensors"), vbp.Stats.load(tmp_path / "one.safetensors")
-    assert two.images == one.images == 1437
+    assert two.inputs == one.inputs == 1437
     # The ranks run other batch shapes on one thread each: their fp32 GEMMs round differently.
     assert_stats_close(two, one, torch.float32)
     assert not list(tmp_path.glob("*.partial*"))
@@ -197,7 +197,7 @@ def test_image_folder_and_checkpoint_loading_on_local_files(tmp_path, capsys):
         == 0
     )
     stats = vbp.Stats.load(tmp_path / "s.safetensors")
-    assert stats.images == 6 and stats.sites["blocks.0.mlp"].count == 6 * 197  # resized to 224: 196 patches + cls
+    assert stats.inputs == 6 and stats.sites["blocks.0.mlp"].count == 6 * 197  # resized to 224: 196 patches + cls
     assert (
         main(
             [

@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_close_to_scale, float64_mlp, random_batches, small_model
 from timm.layers import Mlp
 
 import vbp
-from conftest import assert_close_to_scale, float64_mlp, random_batches, small_model
 
 device = "cuda" if torch.cuda.is_available() else "cpu"  # the Triton kernel runs interpreted on the CPU
 

@@ -13,8 +13,8 @@ from torch import nn
 import vbp
 from vbp.compensation.affine import affine_predictor
 from vbp.covariance import CoMoments
-from vbp.families.spec import SiteSpec
 from vbp.criteria.redundancy import redundancy_scores
+from vbp.families.spec import SiteSpec
 from vbp.prune import PRUNING_RECORD
 
 EPS = torch.finfo(torch.float64).eps
@@ -60,8 +60,8 @@ def test_affine_is_least_squares_on_the_calibration_data(make):
     plan = vbp.select(stats, 0.5)
     site = vbp.find_sites(model)[0]
     errors = {
-        name: output_error(model, vbp.prune(copy.deepcopy(model), plan, stats, compensation=c, ridge=r), x[0])
-        for name, c, r in (("none", "none", None), ("mean", "mean", None), ("ridge", "affine", 1e-6), ("ls", "affine", 0.0))
+        name: output_error(model, vbp.prune(copy.deepcopy(model), plan, stats, compensation=c), x[0])
+        for name, c in (("none", "none"), ("mean", vbp.Mean()), ("ridge", vbp.Affine(1e-6)), ("ls", vbp.Affine(0.0)))
     }
     assert errors["ls"] <= errors["ridge"] <= errors["mean"] <= errors["none"]
     assert errors["ls"] < 0.9 * errors["mean"]  # a real gain, not a tie
@@ -89,7 +89,7 @@ def test_copies_of_kept_neurons_are_compensated_exactly():
     x = data()
     stats = vbp.calibrate(model, x, covariance=True, progress=False)
     plan = vbp.Plan("", 0.5, "layer", {"0": 16}, {"0": list(range(8))})
-    pruned = vbp.prune(copy.deepcopy(model), plan, stats, compensation="affine", ridge=0.0)
+    pruned = vbp.prune(copy.deepcopy(model), plan, stats, compensation=vbp.Affine(ridge=0.0))
     test = data(seed=7)[0]
     with torch.no_grad():
         want = model(test)
@@ -102,7 +102,7 @@ def test_linear_combinations_are_compensated_exactly():
     x = data()
     stats = vbp.calibrate(model, x, covariance=True, progress=False)
     plan = vbp.Plan("", 0.625, "layer", {"0": 16}, {"0": [0, 2, 5, 9, 11, 14]})
-    pruned = vbp.prune(copy.deepcopy(model), plan, stats, compensation="affine", ridge=0.0)
+    pruned = vbp.prune(copy.deepcopy(model), plan, stats, compensation=vbp.Affine(ridge=0.0))
     test = data(seed=7)[0]
     with torch.no_grad():
         want = model(test)
@@ -159,10 +159,10 @@ def test_affine_without_covariance_or_with_singular_statistics_is_a_clear_error(
     stats = vbp.calibrate(model, data(), covariance=True, progress=False)
     plan = vbp.Plan("", 0.5, "layer", {"0": 16}, {"0": list(range(8))})
     with pytest.raises(vbp.VbpError, match="site '0'.*not positive definite"):
-        vbp.prune(copy.deepcopy(model), plan, stats, compensation="affine", ridge=0.0)
+        vbp.prune(copy.deepcopy(model), plan, stats, compensation=vbp.Affine(ridge=0.0))
     vbp.prune(copy.deepcopy(model), plan, stats, compensation="affine")  # the default ridge copes
-    with pytest.raises(vbp.VbpError, match="ridge must be at least 0"):
-        vbp.prune(copy.deepcopy(model), plan, stats, compensation="affine", ridge=-1.0)
+    with pytest.raises(vbp.VbpError, match="ridge must be a finite number at least 0"):
+        vbp.Affine(ridge=-1.0)
 
 
 def test_statistics_files_keep_covariances_and_version_1_files_load(tmp_path):
@@ -193,7 +193,11 @@ def test_the_compensation_used_is_saved_with_the_model(tmp_path):
     pruned = vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.3), stats, compensation="affine")
     vbp.save_pruned(pruned, tmp_path / "m.safetensors")
     record = vbp.load_pruned(tmp_path / "m.safetensors").__dict__[PRUNING_RECORD]
-    assert record == {"criterion": "variance", "compensation": "affine", "ratio": 0.3}
+    assert record == {
+        "criterion": {"name": "variance", "version": 1},
+        "compensation": {"name": "affine", "version": 1, "ridge": 0.01},
+        "ratio": 0.3,
+    }
 
 
 def test_covariance_survives_an_interrupted_calibration(tmp_path):

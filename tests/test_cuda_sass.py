@@ -7,7 +7,6 @@ from hopper_compile import CUOBJDUMP
 
 from vbp import ops
 
-
 pytestmark = pytest.mark.skipif(
     not ops.extension_has_cuda() or not CUOBJDUMP.exists(), reason="needs vbp._C built with CUDA, and cuobjdump"
 )

@@ -9,10 +9,10 @@ import os
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import assert_stats_close, small_model
 
 import vbp
 from vbp.distributed import shard
-from conftest import assert_stats_close, small_model
 
 PORT = "29531"
 
@@ -52,7 +52,7 @@ def test_two_gloo_ranks_merge_to_single_process_statistics(tmp_path):
     single = vbp.calibrate(model, [_images()], progress=False, covariance=["blocks.0.mlp", "blocks.11.mlp"])
     ranks = [vbp.Stats.load(tmp_path / f"rank{r}.safetensors") for r in range(2)]
     for merged in ranks:  # every rank ends with the same, global statistics
-        assert merged.images == 7 and merged.batches == 4  # rank 0: 4 images in 2 batches, rank 1: 3 in 2
+        assert merged.inputs == 7 and merged.batches == 4  # rank 0: 4 images in 2 batches, rank 1: 3 in 2
         assert_stats_close(merged, single, torch.float64)
         for site in single.covariances:
             want = single.covariance(site)

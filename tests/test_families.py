@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 import transformers
+from conftest import mean_replaced
 from timm.layers import SwiGLU
 from torch import nn
 
 import vbp
 from vbp.families.spec import SiteSpec
-from conftest import mean_replaced
 
 G = torch.Generator().manual_seed(0)
 
@@ -151,7 +151,7 @@ def test_gated_sites_narrow_all_three_layers_and_gain_a_bias():
     mlp, kept = pruned.layers[0].mlp, plan.kept_widths["layers.0.mlp"]
     assert mlp.gate_proj.out_features == mlp.up_proj.out_features == mlp.down_proj.in_features == kept < 37
     assert mlp.down_proj.bias is not None  # the folded means need a bias
-    assert vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.5), compensate=False).layers[0].mlp.down_proj.bias is None
+    assert vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.5), compensation="none").layers[0].mlp.down_proj.bias is None
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_torchrun
 from torch.utils.data import Subset
 
 import vbp
 from vbp import finetune as finetune_module
-from conftest import run_torchrun
 from vbp.data import loader
 from vbp.finetune import FinetuneConfig, finetune
 
@@ -21,7 +21,7 @@ def digits_pruned():
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
     stats = vbp.calibrate(model, loader(vbp.digits_split("train"), 512), progress=False)
     pruned = vbp.prune(
-        copy.deepcopy(model), vbp.select(stats, 0.7, criterion="random", seed=1), stats, compensate=False
+        copy.deepcopy(model), vbp.select(stats, 0.7, criterion="random", seed=1), stats, compensation="none"
     )
     return model, pruned
 

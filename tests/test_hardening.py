@@ -4,6 +4,7 @@ was wrong, no input file changed (bytes compared before and after), and options 
 import copy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -113,9 +114,9 @@ def test_unreadable_images_can_be_skipped_and_flat_folders_calibrate(inputs, tmp
     common = ["--model", "deit_tiny_patch16_224", "--batch-size", "2"]
     assert main(["calibrate", *common, "--data", str(inputs / "bad"), "--skip-bad-images",
                  "--stats", str(tmp_path / "s.safetensors")]) == 0
-    assert vbp.Stats.load(tmp_path / "s.safetensors").images == 3  # the three readable images
+    assert vbp.Stats.load(tmp_path / "s.safetensors").inputs == 3  # the three readable images
     assert main(["calibrate", *common, "--data", str(inputs / "flat"), "--stats", str(tmp_path / "f.safetensors")]) == 0
-    assert vbp.Stats.load(tmp_path / "f.safetensors").images == 3
+    assert vbp.Stats.load(tmp_path / "f.safetensors").inputs == 3
     assert "random weights" in capsys.readouterr().err  # deit_tiny without --pretrained: warned
 
 
@@ -130,7 +131,7 @@ def test_num_batches_is_honoured_by_eval(inputs, capsys):
 
 def test_resume_refuses_changed_options(tmp_path, capsys):
     stats = str(tmp_path / "s.safetensors")
-    common = ["calibrate", "--stats", stats, "--checkpoint-every", "1", "--num-batches", "3"]
+    common = ["calibrate", "--stats", stats, "--save-partial-every", "1", "--num-batches", "3"]
     assert main([*common, "--batch-size", "100"]) == 0
     os.replace(stats, f"{stats}.partial")  # as an interrupted run leaves it
     before = (tmp_path / "s.safetensors.partial").read_bytes()
@@ -140,12 +141,52 @@ def test_resume_refuses_changed_options(tmp_path, capsys):
     assert main([*common, "--batch-size", "50", "--resume", "--resume-anyway"]) == 0
 
 
-def test_a_plan_that_prunes_much_less_than_asked_is_loud(inputs):
-    stats = vbp.Stats.load(inputs / "stats.safetensors")
+def test_message_a_plan_that_prunes_much_less_than_asked_is_loud_and_one_that_prunes_nothing_an_error(inputs):
+    stats = vbp.Stats.load(inputs / "stats.safetensors")  # sites of 128 neurons
+    with pytest.warns(UserWarning, match="only 21.9% go"):
+        plan = vbp.select(stats, 0.5, scope="layer", min_keep=100)
+    assert plan.pruned_fraction == 28 / 128
     with pytest.warns(UserWarning, match="round_to=128 is at or above"):
-        with pytest.warns(UserWarning, match="only 0.0% go"):
-            plan = vbp.select(stats, 0.5, round_to=128)
-    assert plan.pruned_fraction == 0
+        with pytest.raises(vbp.VbpError, match="leave every neuron in place"):
+            vbp.select(stats, 0.5, round_to=128)
+
+
+def test_message_round_to_that_prunes_nothing_is_one_line_without_python_warnings(inputs, capsys):
+    args = ["prune", "--ratio", "0.5", "--stats", str(inputs / "stats.safetensors"), "--round-to", "128"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "vbp prune: error: min_keep=1 and round_to=128 leave every neuron in place" in err
+    assert "UserWarning" not in err and ".py:" not in err
+
+
+@pytest.mark.parametrize("ratio", ["0.5", None, True, float("nan")])
+def test_message_select_with_a_ratio_that_is_not_a_number(inputs, ratio):
+    with pytest.raises(vbp.VbpError, match="ratio must be"):
+        vbp.select(vbp.Stats.load(inputs / "stats.safetensors"), ratio)
+
+
+def test_message_empty_statistics(inputs):
+    empty = vbp.Stats("vbp_digits_vit", {})
+    with pytest.raises(vbp.VbpError, match="hold no MLP sites"):
+        vbp.select(empty, 0.5)
+
+
+@pytest.mark.parametrize("ridge", ["nan", "inf", "-1"])
+def test_message_ridge_that_is_not_a_finite_non_negative_number(inputs, ridge, capsys):
+    args = ["prune", "--ratio", "0.5", "--compensation", "affine", "--ridge", ridge]
+    assert main(args) == 2
+    assert "ridge must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["calibrate", "prune", "eval", "finetune", "sweep", "demo"])
+def test_message_version_and_help_on_every_command(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--version"])
+    assert capsys.readouterr().out.strip() == f"vbp {vbp.__version__}"
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    options = re.split(r"\n  (?=-)", capsys.readouterr().out)  # one chunk per option
+    assert all(o.count("default") <= 1 and "(default: None)" not in o for o in options), options
 
 
 def test_retention_of_a_reference_that_gets_nothing_right():
@@ -179,7 +220,7 @@ def test_temporaries_of_a_killed_writer_are_removed_by_the_next(tmp_path):
 
 def test_ctrl_c_says_how_to_resume(tmp_path):
     stats = tmp_path / "s.safetensors"
-    cmd = [sys.executable, "-m", "vbp", "calibrate", "--stats", str(stats), "--checkpoint-every", "1",
+    cmd = [sys.executable, "-m", "vbp", "calibrate", "--stats", str(stats), "--save-partial-every", "1",
            "--batch-size", "1", "--data", "synthetic", "--model", "deit_base_patch16_224", "--num-batches", "1000"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
@@ -242,3 +283,18 @@ def test_malformed_plans_are_clear_errors(inputs, tmp_path, edit, message):
     (tmp_path / "plan.json").write_text(json.dumps(doc))
     with pytest.raises(vbp.VbpError, match=message):
         vbp.Plan.load(tmp_path / "plan.json")
+
+
+def test_startup_imports_no_heavy_library_until_used():
+    """`import vbp` and building the `vbp` parser (what `vbp --help` does) import no model library; the first
+    model created imports its own."""
+    heavy = ("transformers", "sklearn", "matplotlib", "torchvision", "timm", "triton")
+    code = (
+        "import sys, vbp, vbp.cli\n"
+        "vbp.cli.build_parser()\n"
+        f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
+        "vbp.create_model('vbp_digits_vit')\n"
+        "print('timm' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "True"]

@@ -4,8 +4,8 @@ import os
 
 import pytest
 import torch
-
 from conftest import float64_mlp
+
 from vbp import ops
 
 requires_extension = pytest.mark.skipif(

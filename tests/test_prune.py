@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
+from conftest import assert_close_to_scale, mean_replaced, random_batches, small_model
 
 import vbp
-from conftest import assert_close_to_scale, mean_replaced, random_batches, small_model
 
 MODELS = [
     ("deit_tiny_patch16_224", dict(img_size=64), (3, 64, 64)),
@@ -25,7 +25,7 @@ def test_compensation_identity(name, kwargs, input_size):
     x = random_batches(1, 2, input_size, seed=7, dtype=torch.float64)[0]
     with torch.no_grad():
         got, want = pruned(x), mean_replaced(model, plan, stats)(x)
-        uncompensated = vbp.prune(copy.deepcopy(model), plan, compensate=False)(x)
+        uncompensated = vbp.prune(copy.deepcopy(model), plan, compensation="none")(x)
         original = model(x)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     assert (uncompensated - want).abs().max() > 1e-6  # the fold matters

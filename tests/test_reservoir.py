@@ -1,10 +1,10 @@
 """The activation reservoir keeps a uniform sample of rows, before and after the activation alike."""
 
 import torch
+from conftest import random_batches
 
 import vbp
 from vbp.reservoir import Reservoir
-from conftest import random_batches
 
 
 def test_reservoir_rows_are_offered_rows_and_uniform():

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from conftest import small_model
 
 import vbp
-from conftest import small_model
 
 
 @pytest.mark.parametrize(

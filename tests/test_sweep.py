@@ -114,3 +114,22 @@ def test_sweep_takes_a_single_criterion(tmp_path):
     )
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["magnitude"]
+
+
+def test_sweep_takes_the_selection_options_prune_takes(tmp_path, capsys):
+    """--scope, --min-keep, --round-to, --compensation and --ridge mean in sweep what they mean in prune."""
+    out = tmp_path / "s"
+    options = ["--rates", "0.5", "--num-batches", "1", "--batch-size", "512", "--samples", "16", "--output", str(out)]
+    assert main(["sweep", *options, "--compensation", "affine", "--ridge", "0.1", "--scope", "layer",
+                 "--round-to", "8", "--min-keep", "16"]) == 0
+    row = json.loads((out / "sweep.json").read_text())["rows"][0]
+    assert row["method"] == "variance+affine"
+    model = vbp.create_model("vbp_digits_vit", pretrained=True)
+    stats = vbp.calibrate(model, loader(vbp.digits_split("train"), 512), num_batches=1, covariance=True, progress=False)
+    plan = vbp.select(stats, 0.5, scope="layer", round_to=8, min_keep=16)
+    assert all(len(k) % 8 == 0 for k in plan.keep.values())
+    pruned = vbp.prune(copy.deepcopy(model), plan, stats, compensation=vbp.Affine(ridge=0.1))
+    assert row["gmacs"] == vbp.count(pruned)[0] / 1e9
+    assert row["retention_top1"] == vbp.evaluate.accuracy(pruned, loader(vbp.digits_split("test"), 256))["top1"]
+    assert main(["sweep", *options, "--methods", "variance+mean,random", "--ridge", "0.1"]) == 2
+    assert "no method of --methods uses it" in capsys.readouterr().err

@@ -8,14 +8,16 @@ from importlib import metadata as _metadata
 from .calibrate import calibrate
 from .checkpoint import load_pruned, save_pruned
 from .compact import CompactMlp, compact
-from .digits import digits_split  # also registers the timm model 'vbp_digits_vit'
+from .compensation import COMPENSATIONS, Affine, Compensation, Mean, NoCompensation
 from .count import count
+from .criteria import CRITERIA, Criterion, Magnitude, Random, Redundancy, Variance, WeightedVariance
+from .digits import digits_split
 from .errors import VbpError
+from .families.spec import SiteSpec
 from .models import create_model
 from .plan import Plan
 from .prune import prune
 from .select import select
-from .families.spec import SiteSpec
 from .sites import MlpSite, find_sites
 from .stats import Moments, Stats
 
@@ -25,13 +27,25 @@ except _metadata.PackageNotFoundError:  # imported from a source tree that was n
     __version__ = "0+unknown"
 
 __all__ = [
+    "Affine",
+    "COMPENSATIONS",
+    "CRITERIA",
     "CompactMlp",
+    "Compensation",
+    "Criterion",
+    "Magnitude",
+    "Mean",
     "MlpSite",
     "Moments",
+    "NoCompensation",
     "Plan",
+    "Random",
+    "Redundancy",
     "SiteSpec",
     "Stats",
+    "Variance",
     "VbpError",
+    "WeightedVariance",
     "calibrate",
     "compact",
     "count",

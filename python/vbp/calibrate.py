@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 from .covariance import CoMoments
 from .distributed import all_gather_stats
 from .errors import VbpError
+from .fingerprint import weights_fingerprint
+from .model_ids import canonical_id
 from .models import model_device, model_name
 from .recorder import SiteRecorder, attach, resolve_backend
 from .reservoir import Reservoir
@@ -59,20 +61,35 @@ def padding_mask(inputs, device) -> torch.Tensor | None:
 
 
 def _start_state(
-    sites, name: str, device, checkpoint: Path | None, resume: bool, covariance: list[str], run: dict, accept: bool
+    sites,
+    name: str,
+    weights: str,
+    device,
+    checkpoint: Path | None,
+    resume: bool,
+    covariance: list[str],
+    run: dict,
+    accept: bool,
 ) -> Stats:
-    """Running statistics: zeros, or the checkpoint's when resuming (refused if `run` differs, unless `accept`)."""
+    """Running statistics: zeros, or the checkpoint's when resuming (refused if `run` differs, unless `accept`,
+    and always when the checkpoint was made on other weights: two models' statistics never mix)."""
     if not resume:
         return Stats(
             name,
             {s.name: Moments.zeros(s.width, device) for s in sites},
             covariances={s.name: CoMoments.zeros(s.width, device) for s in sites if s.name in covariance},
             run=run,
+            weights=weights,
         )
     if checkpoint is None or not checkpoint.exists():
         raise VbpError(f"nothing to resume: no calibration checkpoint at {checkpoint}")
     saved = Stats.load(checkpoint)
     saved.check_matches(name, {s.name: s.width for s in sites}, what="the model being calibrated")
+    if saved.weights and saved.weights != weights:
+        raise VbpError(
+            f"the checkpoint {checkpoint} was made on other weights than this model's (another checkpoint or random "
+            "initialisation): resume with the same weights, or start again without --resume"
+        )
     changed = sorted(k for k in run.keys() & saved.run.keys() if run[k] != saved.run[k])
     if changed and not accept:
         raise VbpError(
@@ -125,7 +142,8 @@ def calibrate(
     data: iterable of batches in a repeatable order: input tensors ([B, C, H, W] images), (inputs, labels)
         pairs, or mappings of the model's keyword arguments (a tokenizer's output). Where a mapping has an
         `attention_mask`, only real tokens are samples: padding does not change the statistics.
-    num_batches / num_samples: stop after this many batches / inputs (the last batch is trimmed).
+    num_batches / num_samples: stop after this many batches / inputs (the last batch is trimmed; inputs of batches
+        left out for NaN/Inf do not count).
     name: model name stored in the statistics (default: the model's id, see `vbp.create_model`).
     samples: keep a uniform sample of this many rows of pre- and post-activation values per site
         (`Stats.samples`), for activation histograms.
@@ -153,14 +171,15 @@ def calibrate(
         raise VbpError("activation samples are not kept in calibration checkpoints; use samples=0 with resume")
     device = model_device(model)
     backend = resolve_backend(backend, device)
-    name = name if name is not None else model_name(model)
+    name = canonical_id(name if name is not None else model_name(model))
+    weights = weights_fingerprint(model)
     checkpoint = Path(checkpoint) if checkpoint is not None else None
     sites = find_sites(model)
     run = dict(run or {})
     start = _start_state(
-        sites, name, device, checkpoint, resume, _covariance_sites(covariance, sites), run, accept_changes
+        sites, name, weights, device, checkpoint, resume, _covariance_sites(covariance, sites), run, accept_changes
     )
-    done_batches, done_samples = start.batches, start.images
+    done_batches, done_samples = start.batches, start.inputs
     recorders = [
         SiteRecorder(
             s,
@@ -177,17 +196,19 @@ def calibrate(
             name,
             {r.site.name: r.moments for r in recorders},
             batches=seen_batches,
-            images=seen_samples,
+            inputs=seen_samples,
             skipped={r.site.name: r.skipped for r in recorders},
             covariances={r.site.name: r.covariance for r in recorders if r.covariance is not None},
             run=run,
+            weights=weights,
         )
 
     handles = [attach(r, backend) for r in recorders]
     was_training = model.training
     model.eval()
     seen_batches, seen_samples = done_batches, done_samples
-    total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
+    known = [n for n in (num_batches, len(data) if hasattr(data, "__len__") else None) if n is not None]
+    total = min(known, default=None)  # num_batches beyond the data: the bar ends at the data's batches
     try:
         for index, batch in enumerate(tqdm(data, total=total, desc="calibrate", unit="batch", disable=not progress)):
             if index < done_batches:  # already in the resumed state
@@ -200,9 +221,11 @@ def calibrate(
             mask = padding_mask(inputs, device)
             for r in recorders:
                 r.batch, r.mask = seen_batches, mask
+            skipped = sum(r.skipped for r in recorders)
             run_model(model, inputs, device)
             seen_batches += 1
-            seen_samples += batch_size(inputs)
+            if sum(r.skipped for r in recorders) == skipped:  # a batch left out (NaN/Inf) at any site adds no inputs
+                seen_samples += batch_size(inputs)
             if checkpoint_every and checkpoint is not None and seen_batches % checkpoint_every == 0:
                 snapshot().save(checkpoint)
             if seen_batches == num_batches or seen_samples == num_samples:

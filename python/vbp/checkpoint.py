@@ -1,6 +1,6 @@
 """Save and load pruned models of any family: safetensors weights plus JSON (where the architecture comes
 from, the site spec if any, every site's width and whether its consumer has a bias, and how it was pruned:
-criterion, compensation).
+criterion and compensation as versioned dicts, `vbp.prune.PRUNING_RECORD`).
 
 Loading rebuilds the architecture through its family (`vbp.families`: a timm name and kwargs, an HF class
 and config, a torchvision name, a Python builder), narrows each MLP site to its saved width and loads the
@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from .errors import VbpError
-from .families.spec import model_spec, set_spec
+from .families.spec import model_spec
 from .files import read_safetensors, write_safetensors
 from .models import build_model, model_source
-from .prune import PRUNING_RECORD
+from .prune import PRUNING_RECORD, current_record
 from .sites import find_sites
 
 FORMAT = "vbp-model/2"
@@ -89,6 +89,6 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise VbpError(f"{path} does not match the model it names ('{source['model']}'): {exc}") from exc
-    if meta.get("pruning"):
-        model.__dict__[PRUNING_RECORD] = meta["pruning"]
+    if isinstance(meta.get("pruning"), dict):
+        model.__dict__[PRUNING_RECORD] = current_record(meta["pruning"])  # older files name strategies by strings
     return model.to(device).eval()

@@ -8,7 +8,6 @@ vbp's own compact_mlp op (two GEMMs) of `vbp.compact`ed models.
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .calibrate import run_model
 from .compact import CompactMlp
@@ -27,6 +26,8 @@ def _layer_norm_flop(input_shape, normalized_shape, weight_shape=None, *args, ou
 
 
 def _cpu_attention_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
@@ -63,7 +64,8 @@ def _extras() -> dict:
 
 def example_input(model: nn.Module, input_size: tuple[int, ...] | None):
     """One zero input: of `input_size` (C, H, W) when given, else what the model's family says (a timm model's
-    pretrained_cfg input size, an HF vision model's image size, or 128 tokens for an HF text model)."""
+    pretrained_cfg input size, an HF vision model's image size, 128 tokens for an HF text model, or the input
+    shape of a py: model, see `vbp.families.python_builder`)."""
     if input_size is not None:
         return torch.zeros(1, *input_size)
     family = family_of(model)
@@ -75,6 +77,8 @@ def example_input(model: nn.Module, input_size: tuple[int, ...] | None):
 @torch.inference_mode()
 def count(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[int, int]:
     """(MACs, parameters) of one forward pass of a single input (see `example_input`)."""
+    from torch.utils import flop_counter  # imports triton: imported when used
+
     x = example_input(model, input_size)
     was_training = model.training
     model.eval()
@@ -83,7 +87,7 @@ def count(model: nn.Module, input_size: tuple[int, ...] | None = None) -> tuple[
         if any(isinstance(m, CompactMlp) for m in model.modules()):
             # a first pass outside the count: the compact MLP times its kernels on its first call (kernel_choice)
             run_model(model, x, device)
-        with FlopCounterMode(display=False, custom_mapping=_extras()) as counter:
+        with flop_counter.FlopCounterMode(display=False, custom_mapping=_extras()) as counter:
             run_model(model, x, device)
     finally:
         model.train(was_training)

@@ -8,6 +8,7 @@ sum(x x^T)/n - mu mu^T on raw values: it cancels for exactly the large-mean, sma
 Memory: C^2 x 8 bytes per site (DeiT-B: 12 sites x 3072^2 x 8 B = 906 MB; DeiT-S 12 x 1536^2: 226 MB).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,15 @@ import torch
 from .errors import VbpError
 
 _CHUNK_ELEMENTS = 1 << 24  # rows of a batch reduced at once, as for the moments
+
+# The ridge of solves with a site's covariance (affine compensation, the redundancy criterion), relative to the
+# neurons' mean variance; 1e-2 was chosen by measurement (docs/compensation.md).
+DEFAULT_RIDGE = 1e-2
+
+
+def check_ridge(ridge: float) -> None:
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 <= ridge < math.inf:
+        raise VbpError(f"ridge must be a finite number at least 0 (e.g. 0.01), got {ridge!r}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from .plan import Plan  # noqa: E402
 from .stats import Stats  # noqa: E402
 from .sweep import SweepResult  # noqa: E402
 
-
 # Methods often tie exactly; decreasing marker sizes and distinct styles keep every line visible.
 _STYLES = [
     dict(marker="o", markersize=9, linestyle="-"),

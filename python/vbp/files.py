@@ -36,21 +36,6 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
-def check_distinct(outputs: list, inputs: list) -> None:
-    """Refuse, before any work, an output path that is the same file as one of the run's inputs (which writing
-    would destroy). None entries are ignored; paths are compared after resolving links."""
-    resolved = {}
-    for path in filter(None, inputs):
-        resolved[Path(path).resolve()] = path
-    for out in filter(None, outputs):
-        target = Path(out).resolve()
-        if target in resolved:
-            raise VbpError(
-                f"the output {out} is the same file as the input {resolved[target]}; writing it would destroy the "
-                "input: choose another output path"
-            )
-
-
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove temporaries of `path` left by writers that died (a kill -9, a power cut): their process is gone."""
     for stale in path.parent.glob(f".{path.name}.vbp-*.tmp"):
@@ -110,7 +95,13 @@ def write_csv_atomic(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Atomically write `tensors` (moved to CPU, made contiguous) with `meta` as JSON metadata."""
-    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    cpu, storages = {}, set()
+    for k, v in tensors.items():
+        v = v.detach().cpu().contiguous()
+        # a tied weight (an HF model's embeddings and output head) is one tensor under two names, which safetensors
+        # refuses: each later name gets its own copy (load_state_dict fills the one parameter twice)
+        cpu[k] = v.clone() if v.untyped_storage().data_ptr() in storages else v
+        storages.add(v.untyped_storage().data_ptr())
     with atomic_path(path) as tmp:
         save_file(cpu, tmp, metadata={"vbp": json.dumps(meta)})
 

@@ -14,20 +14,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
-from .data import loader, loader_workers, skip_unreadable
+from .data import loader, loader_workers
 from .distill import kd_loss
 from .distributed import rank_and_world, shard
 from .errors import VbpError
 from .evaluate import accuracy
 from .files import atomic_path, write_csv_atomic, write_text_atomic
 from .models import model_device
+from .unreadable import skip_unreadable
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -124,6 +123,9 @@ def finetune(
         collate_fn=skip_unreadable,
     )
     steps_per_epoch = min(len(train_loader), config.max_batches or len(train_loader))
+    from timm.optim import create_optimizer_v2  # timm: imported when used
+    from timm.scheduler import CosineLRScheduler
+
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
@@ -173,7 +175,11 @@ def finetune(
         model.train()
         started, total_loss, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(
-            train_loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", disable=not progress or rank != 0
+            train_loader,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not progress or rank != 0,
         )
         for step, (images, labels) in enumerate(bar):
             if step == steps_per_epoch:

@@ -19,17 +19,24 @@ def _index(value) -> int:
     return value
 
 
+def _criterion(value) -> str | dict:
+    """A criterion from JSON: its name (older plans) or its versioned dict."""
+    if not isinstance(value, (str, dict)):
+        raise ValueError(f"a criterion must be a name or a dict, got {value!r}")
+    return value
+
+
 @dataclass
 class Plan:
-    """model: timm name; ratio, scope, criterion: how it was chosen; widths: original width per site;
-    keep: sorted indices of the kept neurons per site."""
+    """model: timm name; ratio, scope, criterion: how it was chosen (the criterion's versioned dict, or its
+    name); widths: original width per site; keep: sorted indices of the kept neurons per site."""
 
     model: str
     ratio: float
     scope: str
     widths: dict[str, int]
     keep: dict[str, list[int]]
-    criterion: str = "variance"
+    criterion: str | dict = "variance"
 
     def kept(self, site: str) -> torch.Tensor:
         """Kept neuron indices of a site, int64 [K], ascending."""
@@ -80,7 +87,7 @@ class Plan:
                 str(doc["scope"]),
                 {str(k): int(v) for k, v in doc["widths"].items()},
                 {str(k): [_index(i) for i in v] for k, v in doc["keep"].items()},
-                str(doc.get("criterion", "variance")),
+                _criterion(doc.get("criterion", "variance")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VbpError(f"{path} is a malformed vbp plan ({exc!r}); make it again with vbp prune --output") from exc

@@ -20,7 +20,7 @@ from .activations import gelu_kind
 from .covariance import CoMoments
 from .errors import VbpError
 from .reservoir import Reservoir
-from .sites import MlpSite, set_submodule, hidden_channels_last
+from .sites import MlpSite, hidden_channels_last, set_submodule
 from .stats import Moments
 
 BACKENDS = ("auto", "triton", "torch")

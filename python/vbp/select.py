@@ -5,7 +5,7 @@ import warnings
 import torch
 from torch import nn
 
-from .criteria import neuron_scores
+from .criteria import Criterion, neuron_scores
 from .errors import VbpError
 from .plan import Plan
 from .stats import Stats
@@ -30,6 +30,8 @@ def check_selection_options(widths: dict[str, int], min_keep: int = 1, round_to:
 
 
 def check_ratio(ratio: float) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise VbpError(f"ratio must be a number in [0, 1), got {ratio!r} ({type(ratio).__name__})")
     if not 0 <= ratio < 1:
         raise VbpError(f"ratio must be in [0, 1) (the fraction of MLP hidden neurons removed), got {ratio}")
     return float(ratio)
@@ -41,14 +43,15 @@ def select(
     scope: str = "global",
     min_keep: int = 1,
     round_to: int = 1,
-    criterion: str = "variance",
+    criterion: "str | dict | Criterion" = "variance",
     model: nn.Module | None = None,
     seed: int = 0,
 ) -> Plan:
     """A Plan that removes `ratio` of all MLP hidden neurons, those of lowest variance.
 
-    criterion="magnitude" (needs `model`) or "random" (uses `seed`) rank by those scores instead, as
-    baselines (see `criteria.py`).
+    criterion: a config or its name (vbp.Variance() is "variance"; see `vbp.criteria.CRITERIA`):
+    "magnitude" (needs `model`) or "random" (uses `seed`) rank by those scores instead, as baselines;
+    the plan records it as its versioned dict.
 
     scope="global" ranks all neurons of all sites together (the paper's choice; prunes unevenly across
     layers); scope="layer" removes `ratio` of each site. Every site keeps at least `min_keep` neurons
@@ -56,10 +59,13 @@ def select(
     (at least N, at most the full width), which moves the total slightly off `ratio`.
     """
     check_ratio(ratio)
+    if not stats.sites:
+        raise VbpError("the statistics hold no MLP sites; calibrate a model that has some")
     if scope not in SCOPES:
         raise VbpError(f"scope must be one of {SCOPES}, got '{scope}'")
     widths = stats.widths
     check_selection_options(widths, min_keep, round_to)
+    criterion = Criterion.resolve(criterion)
     scores = neuron_scores(criterion, stats, model, seed)
 
     if scope == "layer":
@@ -72,7 +78,12 @@ def select(
         kept = _rounded_width(width - n_pruned[name], width, round_to, min_keep)
         top = torch.topk(scores[name], kept, sorted=False).indices
         keep[name] = sorted(top.tolist())
-    plan = Plan(stats.model, ratio, scope, dict(widths), keep, criterion)
+    plan = Plan(stats.model, ratio, scope, dict(widths), keep, criterion.to_dict())
+    if ratio > 0 and plan.pruned_fraction == 0:
+        raise VbpError(
+            f"min_keep={min_keep} and round_to={round_to} leave every neuron in place at ratio {ratio} (the smallest "
+            f"site has {min(widths.values())}): lower them, or raise the ratio"
+        )
     if ratio > 0 and plan.pruned_fraction < 0.5 * ratio:
         warnings.warn(
             f"asked to prune {ratio:.0%} of the MLP neurons, but min_keep={min_keep} and round_to={round_to} let "

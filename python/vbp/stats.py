@@ -6,6 +6,7 @@ E[x^2] - E[x]^2 is never formed: it cancels catastrophically for exactly the low
 """
 
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -13,6 +14,7 @@ import torch
 from .covariance import CoMoments
 from .errors import VbpError
 from .files import read_safetensors, write_safetensors
+from .model_ids import canonical_id
 
 # Rows of a batch reduced at once: bounds the float64 copy to ~128 MB whatever the batch size.
 _CHUNK_ELEMENTS = 1 << 24
@@ -75,21 +77,23 @@ class Stats:
 
     samples: optional site name -> {"pre": [k, C], "post": [k, C]}, a uniform sample of activation values
     before and after the non-linearity (see `calibrate(samples=k)`).
-    batches, images: how many calibration batches and inputs went in; skipped: batches left out per site
+    batches, inputs: how many calibration batches and inputs went in; skipped: batches left out per site
     because of NaN/Inf (calibrate(nonfinite="skip")).
     covariances: site name -> CoMoments, for the sites calibrated with `covariance=` (affine compensation
     and the redundancy criterion need them). run: the options of the calibration (model, data, batch size,
-    ...), as `calibrate(run=...)` was given them.
+    ...), as `calibrate(run=...)` was given them. weights: the fingerprint of the weights they were gathered
+    on (`vbp.fingerprint`; "" in files written before it was recorded).
     """
 
     model: str
     sites: dict[str, Moments]
     samples: dict[str, dict[str, torch.Tensor]] | None = None
     batches: int = 0
-    images: int = 0
+    inputs: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     covariances: dict[str, CoMoments] = field(default_factory=dict)
     run: dict = field(default_factory=dict)  # the options a calibration ran with (checked when resuming)
+    weights: str = ""
 
     @property
     def widths(self) -> dict[str, int]:
@@ -118,6 +122,8 @@ class Stats:
     def merge(self, other: "Stats") -> "Stats":
         """Statistics of the union of both sets of samples (e.g. two shards of a data set)."""
         self.check_matches(other.model, other.widths, what="the other statistics")
+        if self.weights != other.weights:
+            raise VbpError("cannot merge statistics gathered on different weights")
         skipped = {n: self.skipped.get(n, 0) + other.skipped.get(n, 0) for n in self.sites}
         if set(self.covariances) != set(other.covariances):
             raise VbpError("cannot merge statistics with covariances of different sites")
@@ -125,20 +131,31 @@ class Stats:
             self,
             sites={n: m.merge(other.sites[n]) for n, m in self.sites.items()},
             batches=self.batches + other.batches,
-            images=self.images + other.images,
+            inputs=self.inputs + other.inputs,
             skipped=skipped,
             covariances={n: c.merge(other.covariances[n]) for n, c in self.covariances.items()},
         )
 
     def check_matches(self, model: str, widths: dict[str, int], what: str = "the model") -> None:
         """Raise VbpError unless these statistics were gathered on a model with these sites and widths."""
-        if model and self.model and model != self.model:
+        if model and self.model and canonical_id(model) != canonical_id(self.model):
             raise VbpError(f"statistics were gathered on '{self.model}' but {what} is '{model}'; calibrate again")
         if widths != self.widths:
             diff = sorted(set(widths.items()) ^ set(self.widths.items()))[:4]
             raise VbpError(
                 f"statistics do not fit {what}: their MLP sites or widths differ (first differences: {diff}); "
                 "calibrate this model again"
+            )
+
+    def check_weights(self, fingerprint: str, source: str = "the statistics") -> None:
+        """Raise VbpError unless these statistics were gathered on weights with this fingerprint (statistics
+        that recorded none pass with a warning)."""
+        if not self.weights:
+            warnings.warn(f"{source} do not record the weights they were gathered on; they cannot be checked")
+        elif self.weights != fingerprint:
+            raise VbpError(
+                f"{source} were gathered on other weights than the model's (another checkpoint or random "
+                "initialisation): calibrate this model again, or give --stats-anyway to prune with them regardless"
             )
 
     def to(self, device: torch.device | str) -> "Stats":
@@ -168,9 +185,10 @@ class Stats:
             "counts": {n: m.count for n, m in self.sites.items()},
             "covariance_counts": {n: c.count for n, c in self.covariances.items()},
             "batches": self.batches,
-            "images": self.images,
+            "inputs": self.inputs,
             "skipped": self.skipped,
             "run": self.run,
+            "weights": self.weights,
         }
         return tensors, meta
 
@@ -199,10 +217,11 @@ class Stats:
                 sites,
                 samples or None,
                 _count(meta.get("batches", 0)),
-                _count(meta.get("images", 0)),
+                _count(meta.get("inputs", meta.get("images", 0))),  # files written before the rename say "images"
                 {str(k): _count(v) for k, v in meta.get("skipped", {}).items()},
                 covariances,
                 dict(meta.get("run", {})),
+                str(meta.get("weights", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VbpError(f"{source} are incomplete or malformed ({exc!r}); calibrate again") from exc

@@ -13,9 +13,9 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
+from .compensation import COMPENSATIONS, Compensation
 from .count import count
-from .compensation import COMPENSATIONS
-from .criteria import CRITERIA, CRITERIA_BY_NAME
+from .criteria import CRITERIA
 from .data import loader
 from .errors import VbpError
 from .evaluate import accuracy, retention
@@ -26,14 +26,20 @@ from .prune import prune
 from .report import change
 from .select import check_ratio, select
 from .stats import Stats
+from .strategy import needs_covariance
 
 DEFAULT_METHODS = ("variance+mean", "variance+affine", "redundancy+affine", "variance", "magnitude", "random")
 
 
 @dataclass(frozen=True)
 class Method:
+    """A criterion (name) and a compensation (a config; a name stands for its default options)."""
+
     criterion: str
-    compensation: str = "none"
+    compensation: Compensation | str = "none"
+
+    def __post_init__(self):
+        object.__setattr__(self, "compensation", Compensation.resolve(self.compensation))
 
     @classmethod
     def parse(cls, text: str) -> "Method":
@@ -48,10 +54,11 @@ class Method:
 
     @property
     def needs_covariance(self) -> bool:
-        return "covariance" in CRITERIA_BY_NAME[self.criterion].needs | COMPENSATIONS[self.compensation].needs
+        return needs_covariance(self.criterion, self.compensation)
 
     def __str__(self) -> str:
-        return self.criterion + ("" if self.compensation == "none" else f"+{self.compensation}")
+        name = self.compensation.name
+        return self.criterion + ("" if name == "none" else f"+{name}")
 
 
 def check_rates(rates: list[float]) -> list[float]:
@@ -93,9 +100,13 @@ def sweep(
     batch_size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    scope: str = "global",
+    min_keep: int = 1,
+    round_to: int = 1,
 ) -> SweepResult:
     """Prune `model` (left unchanged) by every method at every rate; evaluate top-1 on `val` right after
-    pruning and, with `finetune_config` and `train`, after fine-tuning (distilling from `model`)."""
+    pruning and, with `finetune_config` and `train`, after fine-tuning (distilling from `model`).
+    scope / min_keep / round_to: as `select` takes them, for every plan."""
     check_rates(rates)
     val_loader = loader(val, batch_size)
     base_top1 = accuracy(model, val_loader, progress=False)["top1"]
@@ -103,7 +114,16 @@ def sweep(
     rows, plans, histories = [], {}, {}
     for method in methods:
         for rate in rates:
-            plan = select(stats, rate, criterion=method.criterion, model=model, seed=seed)
+            plan = select(
+                stats,
+                rate,
+                scope=scope,
+                min_keep=min_keep,
+                round_to=round_to,
+                criterion=method.criterion,
+                model=model,
+                seed=seed,
+            )
             pruned = prune(copy.deepcopy(model), plan, stats, compensation=method.compensation)
             macs, params = count(pruned)
             top1 = accuracy(pruned, val_loader, progress=False)["top1"]

@@ -73,10 +73,14 @@ def tokenizer_of(model: nn.Module):
         raise VbpError("text data needs a Hugging Face model loaded from a folder (hf:DIR) that holds its tokenizer")
     from transformers import AutoTokenizer
 
+    from .families.hf import check_tokenizer
+
     try:
-        return AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise VbpError(f"cannot load the tokenizer of {path}: {exc}") from exc
+    check_tokenizer(model, tokenizer, path)
+    return tokenizer
 
 
 @torch.inference_mode()

@@ -1,9 +1,11 @@
 """vbp calibrate: gather per-neuron statistics of every MLP site and save them (resumable, torchrun-aware)."""
 
+import argparse
 from pathlib import Path
 
-from ..files import check_distinct, check_writable
+from ..files import check_writable
 from .options import add_data_args, add_model_args, add_resume_args, calibrate_on_data, check_resume_args, model_of
+from .paths import check_outputs_spare_inputs
 from .session import distributed_session
 
 NAME = "calibrate"
@@ -15,10 +17,15 @@ def add_arguments(p) -> None:
     add_data_args(p)
     p.add_argument("--stats", required=True, help="statistics file to write (.safetensors)")
     p.add_argument(
-        "--checkpoint-every",
+        "--save-partial-every",
         type=int,
         default=0,
-        help="save the running statistics to STATS.partial every K batches (for --resume)",
+        metavar="K",
+        help="save the running statistics to STATS.partial every K batches (for --resume); 0: never",
+    )
+    # its name in vbp 0.1, too easily confused with --checkpoint (weights in): still accepted, not shown
+    p.add_argument(
+        "--checkpoint-every", type=int, dest="save_partial_every", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     add_resume_args(p, "STATS.partial", "data, batch size, weights")
     p.add_argument(
@@ -31,8 +38,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     check_resume_args(args)
+    check_outputs_spare_inputs(NAME, args)
     check_writable(args.stats)
-    check_distinct([args.stats, f"{args.stats}.partial"], [args.checkpoint])
     with distributed_session(args.device) as (args.device, rank, world):
         partial = Path(f"{args.stats}.partial" + (f".rank{rank}" if world > 1 else ""))
         model = model_of(args)
@@ -41,7 +48,7 @@ def run(args) -> None:
             model,
             covariance=args.covariance,
             checkpoint=partial,
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=args.save_partial_every,
             resume=args.resume,
             accept_changes=args.resume_anyway,
         )
@@ -49,13 +56,13 @@ def run(args) -> None:
         stats.save(args.stats)
         samples = next(iter(stats.sites.values())).count
         print(
-            f"wrote statistics of {len(stats.sites)} MLP sites ({stats.images} inputs, {samples} samples per neuron) "
+            f"wrote statistics of {len(stats.sites)} MLP sites ({stats.inputs} inputs, {samples} samples per neuron) "
             f"to {args.stats}"
         )
     partial.unlink(missing_ok=True)
 
 
 def interrupted_hint(args) -> str:
-    if args.checkpoint_every:
+    if args.save_partial_every:
         return f"run the same command with --resume to continue from {args.stats}.partial"
-    return "nothing was written; --checkpoint-every K makes a long calibration resumable"
+    return "nothing was written; --save-partial-every K makes a long calibration resumable"

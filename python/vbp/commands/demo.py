@@ -16,7 +16,9 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     from ..demo import run_demo
     from ..text_demo import run_text_demo
+    from .paths import check_outputs_spare_inputs
 
+    check_outputs_spare_inputs(NAME, args)
     run_demo(ratio=args.ratio, output=Path(args.output), device=args.device)
     if not args.no_text:
         run_text_demo(output=Path(args.output))

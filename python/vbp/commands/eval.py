@@ -7,20 +7,24 @@ from ..checkpoint import load_pruned
 from ..compact import KERNELS, compact
 from ..errors import VbpError
 from ..evaluate import accuracy, latencies, latency_images, retention
+from ..files import check_writable, write_text_atomic
 from ..select import check_ratio, check_selection_options
 from ..sites import site_widths
 from .options import (
     add_data_args,
     add_model_args,
-    add_pruning_args,
+    add_selection_args,
+    add_stats_args,
     batches,
+    check_stats_args,
     compensation_of,
     limited,
     model_of,
+    pruned_model,
     reference_of,
     stats_for,
 )
-from .prune import pruned_model
+from .paths import check_outputs_spare_inputs
 from .session import distributed_session
 
 NAME = "eval"
@@ -49,7 +53,9 @@ def add_arguments(p) -> None:
         metavar="N",
         help="also time a batch of N evaluation images (median), against the unpruned model when pruned",
     )
-    add_pruning_args(p)
+    add_selection_args(p)
+    add_stats_args(p)
+    p.add_argument("--summary", help="also write the result as JSON to this file")
 
 
 def run(args) -> None:
@@ -57,14 +63,21 @@ def run(args) -> None:
         raise VbpError("--pruned evaluates a model pruned before and --ratio prunes one now: give one of them")
     if args.ratio is not None:
         compensation_of(args)  # contradictory options end here, before any work
+    check_stats_args(args)
     if args.data == "synthetic":
         raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
     if args.latency_batch is not None and args.latency_batch < 1:
         raise VbpError(f"--latency-batch must be at least 1, got {args.latency_batch}")
+    check_outputs_spare_inputs(NAME, args)
+    if args.summary:
+        check_writable(args.summary)
     with distributed_session(args.device) as (args.device, rank, _):
         result = _measure(args)
     if rank == 0:
         print(json.dumps(result))
+        if args.summary:
+            write_text_atomic(args.summary, json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.summary}")
 
 
 def _measure(args) -> dict:

@@ -6,10 +6,11 @@ from pathlib import Path
 from ..checkpoint import load_pruned, save_pruned
 from ..data import dataset
 from ..errors import VbpError
-from ..files import check_distinct, check_writable
-from ..finetune import CHECKPOINT, FinetuneConfig, finetune
+from ..files import check_writable
+from ..finetune import FinetuneConfig, finetune
 from ..models import create_model
 from .options import add_data_args, add_model_args, add_resume_args, check_resume_args, reference_of, val_dataset
+from .paths import FINETUNE_FILES, check_outputs_spare_inputs
 from .session import distributed_session
 
 NAME = "finetune"
@@ -17,12 +18,17 @@ HELP = "fine-tune a pruned model, distilling from the unpruned one"
 
 
 def add_arguments(p) -> None:
-    add_model_args(p)
+    add_model_args(p, input_size=False)
     add_data_args(p)
     p.add_argument("--pruned", required=True, help="the pruned model file to fine-tune (model.safetensors)")
     p.add_argument("--val-data", help="evaluation data (default: the digits test split with --data digits)")
     p.add_argument("--output", required=True, help="folder for checkpoint.pt, log.json/csv and model.safetensors")
     add_resume_args(p, "the checkpoint in --output", "lr, epochs, batch size")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in an --output folder that already holds a fine-tuning run (its files are replaced)",
+    )
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
@@ -51,9 +57,9 @@ def run(args) -> None:
     )
     config.validate()
     output = Path(args.output)
+    check_outputs_spare_inputs(NAME, args)
     check_writable(output / "model.safetensors")
-    written = [output / name for name in ("model.safetensors", CHECKPOINT, "log.json", "log.csv")]
-    check_distinct(written, [args.pruned, args.checkpoint])
+    _check_no_run_overwritten(output, args.resume, args.overwrite)
     with distributed_session(args.device) as (device, rank, _):
         student = load_pruned(args.pruned, device)
         teacher = None
@@ -77,6 +83,19 @@ def run(args) -> None:
         save_pruned(student, output / "model.safetensors")
         print(json.dumps(history[-1]))
         print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")
+
+
+def _check_no_run_overwritten(output: Path, resume: bool, overwrite: bool) -> None:
+    """A folder that holds a fine-tuning run is continued (--resume) or replaced (--overwrite), never silently
+    started over on top of."""
+    if resume and overwrite:
+        raise VbpError("--resume continues the run in --output and --overwrite starts it over: give one of them")
+    existing = [name for name in FINETUNE_FILES if (output / name).exists()]
+    if existing and not (resume or overwrite):
+        raise VbpError(
+            f"{output} already holds a fine-tuning run ({', '.join(existing)}): give --resume to continue it, "
+            "--overwrite to start over, or another --output"
+        )
 
 
 def interrupted_hint(args) -> str:

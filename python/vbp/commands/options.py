@@ -2,6 +2,7 @@
 The helpers take values, not the argparse namespace, so the library can call them too."""
 
 import argparse
+import copy
 import itertools
 import sys
 from pathlib import Path
@@ -10,21 +11,27 @@ import torch
 from torch import nn
 
 from ..calibrate import calibrate
-from ..compensation import COMPENSATIONS
-from ..compensation.affine import DEFAULT_RIDGE
-from ..criteria import CRITERIA, CRITERIA_BY_NAME
-from ..data import dataset, loader
+from ..compensation import COMPENSATIONS, Affine, Compensation
+from ..covariance import DEFAULT_RIDGE
+from ..criteria import CRITERIA
+from ..data import check_data, dataset, loader
 from ..digits import MODEL_NAME
 from ..distributed import shard
 from ..errors import VbpError
+from ..families import family_for_id
+from ..families.python_builder import settle_input_shape
+from ..families.spec import check_flow
+from ..fingerprint import weights_fingerprint
 from ..models import create_model, model_name
+from ..prune import prune
 from ..recorder import BACKENDS
-from ..select import SCOPES
+from ..select import SCOPES, select
 from ..sites import find_sites, site_widths
 from ..stats import Stats
+from ..strategy import needs_covariance
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, input_size: bool = True) -> None:
     p.add_argument(
         "--model",
         default=MODEL_NAME,
@@ -45,6 +52,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         help="build the model with this many classes (a checkpoint fine-tuned with its own head; timm and tv models)",
     )
     p.add_argument("--checkpoint", help="load weights from this file (safetensors or a torch state dict)")
+    if input_size:
+        p.add_argument(
+            "--input-size",
+            metavar="C,H,W",
+            help="the input shape of a py: model (for MACs, synthetic data and the --sites check; default: that "
+            "of the first input of --data)",
+        )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -75,12 +89,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_pruning_args(p: argparse.ArgumentParser) -> None:
+def add_selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=SCOPES, default="global", help="rank neurons across all layers or per layer")
-    p.add_argument("--criterion", choices=CRITERIA, default="variance", help="neuron score (VBP's is variance)")
+    p.add_argument(
+        "--criterion", choices=CRITERIA.names(), default="variance", help="neuron score (VBP's is variance)"
+    )
     p.add_argument(
         "--compensation",
-        choices=list(COMPENSATIONS),
+        choices=COMPENSATIONS.names(),
         default="mean",
         help="what replaces pruned hidden values: their mean (VBP), their least-squares prediction from the kept "
         "ones (affine; calibrates with covariance), or nothing",
@@ -93,7 +109,15 @@ def add_pruning_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--min-keep", type=int, default=1, help="keep at least this many neurons per MLP")
     p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
+
+
+def add_stats_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", help="statistics from `vbp calibrate` (default: calibrate on --data now)")
+    p.add_argument(
+        "--stats-anyway",
+        action="store_true",
+        help="use --stats even if they were gathered on other weights than the model's",
+    )
 
 
 def add_resume_args(p: argparse.ArgumentParser, resumes_from: str, result_options: str) -> None:
@@ -111,19 +135,23 @@ def check_resume_args(args) -> None:
         raise VbpError("--resume-anyway accepts changed options when resuming: give it with --resume")
 
 
-def compensation_of(args) -> str:
-    """--compensation, or "none" with --no-compensation; options that contradict each other are refused."""
-    if args.no_compensation and args.compensation != "mean":
+def check_stats_args(args) -> None:
+    if args.stats_anyway and not args.stats:
+        raise VbpError("--stats-anyway accepts --stats gathered on other weights: give it with --stats")
+
+
+def compensation_of(args) -> Compensation:
+    """--compensation (with --ridge for affine), or none with --no-compensation; options that contradict each
+    other are refused."""
+    if args.no_compensation and args.compensation not in (None, "mean"):
         raise VbpError(f"--no-compensation contradicts --compensation {args.compensation}: give one of them")
-    compensation = "none" if args.no_compensation else args.compensation
-    if getattr(args, "ridge", None) is not None and compensation != "affine":
+    compensation = "none" if args.no_compensation else args.compensation or "mean"
+    ridge = getattr(args, "ridge", None)
+    if ridge is None:
+        return Compensation.resolve(compensation)
+    if compensation != "affine":
         raise VbpError(f"--ridge applies to --compensation affine only, not {compensation}")
-    return compensation
-
-
-def needs_covariance(criterion: str = "variance", compensation: str = "none") -> bool:
-    """Whether a criterion or compensation needs covariances calibrated."""
-    return "covariance" in CRITERIA_BY_NAME[criterion].needs | COMPENSATIONS[compensation].needs
+    return Affine(ridge=ridge)
 
 
 def weights_of(name: str, pretrained: bool, checkpoint: str | None, num_classes: int | None) -> dict:
@@ -132,6 +160,11 @@ def weights_of(name: str, pretrained: bool, checkpoint: str | None, num_classes:
     if num_classes is not None:
         if num_classes < 1:
             raise VbpError(f"--num-classes must be at least 1, got {num_classes}")
+        if family_for_id(name)[0].name not in ("timm", "torchvision"):
+            raise VbpError(
+                f"--num-classes applies to timm and tv: models only, not {name}: leave it out (an hf: model has the "
+                "head its config.json names, a py: model the one its builder makes)"
+            )
         weights["num_classes"] = num_classes
     return weights
 
@@ -147,25 +180,38 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_model(name: str, weights: dict, device: str, sites: list[str] | None = None) -> nn.Module:
-    """The model `name` with `weights` (see weights_of) on `device`, its site spec attached; warns when its
-    weights are random."""
-    model = create_model(name, **weights).to(check_device(device))
-    if not (weights["pretrained"] or weights["checkpoint"] or name.startswith("hf:")):
+def load_model(name: str, weights: dict, device: str) -> nn.Module:
+    """The model `name` with `weights` (see weights_of) on `device`; warns when its weights are random."""
+    check_device(device)
+    random_weights = not (weights["pretrained"] or weights["checkpoint"] or name.startswith("hf:"))
+    source = "random weights" if random_weights else weights["checkpoint"] or "its pretrained weights"
+    print(f"loading {name} with {source} on {device}", file=sys.stderr)
+    # random weights come from a fixed seed, so that a resumed calibration and every torchrun rank see the same
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model(name, **weights).to(device)
+    if random_weights:
         print(
             f"warning: {name} has random weights (no --pretrained, no --checkpoint): accuracy, retention and "
             "the choice of neurons say nothing about a trained model",
             file=sys.stderr,
         )
-    if sites:
-        find_sites(model, spec=sites)  # the spec stays with the model
     return model
 
 
-def model_of(args) -> nn.Module:
-    """--model with --pretrained/--checkpoint/--num-classes on --device, with --sites."""
-    return load_model(args.model, weights_of(args.model, args.pretrained, args.checkpoint, args.num_classes),
-                      args.device, args.sites)
+def model_of(args, reads_data: bool = True) -> nn.Module:
+    """--model with --pretrained/--checkpoint/--num-classes on --device; a py: model's input size from
+    --input-size, else from the first input of --data when the command reads it (`reads_data`); --sites,
+    checked on an example input. Bad input ends here, before any work."""
+    model = load_model(args.model, weights_of(args.model, args.pretrained, args.checkpoint, args.num_classes),
+                       args.device)
+    if reads_data:
+        check_data(args.data, model)
+    settle_input_shape(model, args.input_size, args.data if reads_data else None, args.skip_bad_images)
+    if args.sites:
+        find_sites(model, spec=args.sites)  # the spec stays with the model
+        check_flow(model)
+    return model
 
 
 def batches(spec: str, model: nn.Module, split: str, batch_size: int, num_batches: int | None, skip_bad: bool):
@@ -227,6 +273,8 @@ def stats_for(args, model: nn.Module) -> Stats:
         )
     stats = Stats.load(args.stats)
     stats.check_matches(model_name(model), site_widths(model), what=f"--model ({args.model})")
+    if not args.stats_anyway:
+        stats.check_weights(weights_fingerprint(model), source=f"the statistics in {args.stats}")
     print(f"statistics from {args.stats}")
     return stats
 
@@ -238,4 +286,18 @@ def reference_of(pruned: nn.Module, pretrained: bool, checkpoint: str | None, nu
     source = model_source(pruned)
     name = source["model"]
     weights = weights_of(name, pretrained, checkpoint, num_classes)
-    return create_model(name, **{**source.get("kwargs", {}), **weights}).to(device)
+    return load_model(name, {**source.get("kwargs", {}), **weights}, device)  # warns of random weights too
+
+
+def pruned_model(args, model, stats):
+    """(plan, pruned copy of `model`) by the pruning options of `args`."""
+    plan = select(
+        stats,
+        args.ratio,
+        scope=args.scope,
+        min_keep=args.min_keep,
+        round_to=args.round_to,
+        criterion=args.criterion,
+        model=model,
+    )
+    return plan, prune(copy.deepcopy(model), plan, stats, compensation=compensation_of(args))

@@ -1,13 +1,25 @@
 """vbp sweep: calibrate once, prune by every method at every rate, optionally fine-tune; table and figures."""
 
+from dataclasses import replace
 from pathlib import Path
 
-from ..criteria import CRITERIA
+from ..compensation import Affine
 from ..data import dataset
 from ..errors import VbpError
 from ..files import check_writable
 from ..finetune import FinetuneConfig
-from .options import add_data_args, add_model_args, calibrate_on_data, compensation_of, model_of, val_dataset
+from ..select import check_selection_options
+from ..sites import site_widths
+from .options import (
+    add_data_args,
+    add_model_args,
+    add_selection_args,
+    calibrate_on_data,
+    compensation_of,
+    model_of,
+    val_dataset,
+)
+from .paths import check_outputs_spare_inputs
 
 NAME = "sweep"
 HELP = "prune at many rates by several methods; Table 10-shaped table and figures"
@@ -27,9 +39,9 @@ def add_arguments(p) -> None:
         help="comma-separated CRITERION[+COMPENSATION], e.g. variance+mean (VBP), variance+affine, redundancy+affine "
         "(the first one's plan is used for the activation figures)",
     )
-    p.add_argument("--criterion", choices=CRITERIA, help="sweep this criterion alone (instead of --methods)")
-    p.add_argument("--no-compensation", action="store_true", help="with --criterion: without mean-shift compensation")
-    p.set_defaults(compensation="mean")
+    add_selection_args(p)
+    # --criterion / --compensation name one method instead of --methods (unset criterion: variance, compensation: mean)
+    p.set_defaults(criterion=None, compensation=None)
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every pruned model this many epochs")
     p.add_argument("--samples", type=int, default=4096, help="activation values sampled per site for histograms")
     p.add_argument("--figure-rate", type=float, default=0.5, help="rate shown in the layer and curve figures")
@@ -39,16 +51,15 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     from ..figures import sweep_figures  # matplotlib: imported when used
-    from ..sweep import Method, parse_rates, sweep, table_markdown, write_tables
+    from ..sweep import parse_rates, sweep, table_markdown, write_tables
 
     rates = parse_rates(args.rates)
-    if args.criterion:
-        methods = [Method(args.criterion, compensation_of(args))]
-    else:
-        methods = [Method.parse(m) for m in args.methods.split(",")]
+    methods = _methods(args)
     output = Path(args.output)
+    check_outputs_spare_inputs(NAME, args)
     check_writable(output / "table.csv")
     model = model_of(args)
+    check_selection_options(site_widths(model), args.min_keep, args.round_to)
     val = val_dataset(args.val_data, args.data, model, args.skip_bad_images)
     if val is None:
         raise VbpError("the sweep needs evaluation data: give --val-data DIR (or use --data digits)")
@@ -57,9 +68,37 @@ def run(args) -> None:
     if args.finetune_epochs:
         train = dataset(args.data, model, split="train", training=True, skip_bad=args.skip_bad_images)
     config = FinetuneConfig(epochs=args.finetune_epochs, batch_size=args.batch_size, seed=args.seed) if train else None
-    result = sweep(model, stats, rates, methods, val, train, config, seed=args.seed, progress=True)
+    result = sweep(
+        model,
+        stats,
+        rates,
+        methods,
+        val,
+        train,
+        config,
+        seed=args.seed,
+        progress=True,
+        scope=args.scope,
+        min_keep=args.min_keep,
+        round_to=args.round_to,
+    )
     write_tables(result, args.model, output)
     figure_rate = min(rates, key=lambda r: abs(r - args.figure_rate))
     sweep_figures(result, stats, figure_rate, str(methods[0]), output)
     print(table_markdown(result, args.model))
     print(f"wrote the table and figures to {output}/")
+
+
+def _methods(args) -> list:
+    """--criterion/--compensation (as prune takes them) name one method; without them, --methods, where --ridge
+    applies to the affine ones."""
+    from ..sweep import Method
+
+    if args.criterion or args.compensation or args.no_compensation:
+        return [Method(args.criterion or "variance", compensation_of(args))]
+    methods = [Method.parse(m) for m in args.methods.split(",")]
+    if args.ridge is None:
+        return methods
+    if not any(m.compensation.name == "affine" for m in methods):
+        raise VbpError("--ridge applies to affine compensation, and no method of --methods uses it")
+    return [replace(m, compensation=Affine(ridge=args.ridge)) if m.compensation.name == "affine" else m for m in methods]

@@ -7,24 +7,23 @@ ones, h_P ~ A h_K + c, which folds into the consumer at no inference cost:
 
 Exact when the pruned values are affine in the kept ones; on the calibration data never worse than the mean
 (A = 0 is one candidate). lam is scale-free: `ridge` times the kept neurons' mean variance. The default,
-1e-2, was chosen by measurement (docs/compensation.md: all-MiniLM-L6-v2, ridge 1e-4..1e-1 within 0.001
-cosine at 30-50%, 1e-2 best there). Solved by a Cholesky factorisation.
+`covariance.DEFAULT_RIDGE` = 1e-2, was chosen by measurement (docs/compensation.md: all-MiniLM-L6-v2, ridge
+1e-4..1e-1 within 0.001 cosine at 30-50%, 1e-2 best there). Solved by a Cholesky factorisation.
 """
+
+from dataclasses import dataclass
 
 import torch
 
+from ..covariance import DEFAULT_RIDGE, check_ridge
 from ..errors import VbpError
-from . import Compensation, SiteFold, register
-
-DEFAULT_RIDGE = 1e-2
+from . import COMPENSATIONS, Compensation, SiteFold
 
 
 def affine_predictor(
     cov: torch.Tensor, mean: torch.Tensor, keep: torch.Tensor, pruned: torch.Tensor, ridge: float, site: str = ""
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(A [P, K], c [P]) of the ridge least-squares prediction of h_P from h_K, in float64."""
-    if ridge < 0:
-        raise VbpError(f"ridge must be at least 0, got {ridge}")
     s_kk = cov[keep][:, keep]
     s_pk = cov[pruned][:, keep]
     lam = ridge * float(s_kk.diagonal().mean())
@@ -37,7 +36,7 @@ def affine_predictor(
         raise VbpError(
             f"affine compensation at site '{site}': the kept neurons' covariance (plus ridge {ridge}) is not "
             "positive definite (kept neurons that are constant or exact copies of others); raise the ridge "
-            "(--ridge) or calibrate on more data"
+            "(Affine(ridge=...), --ridge) or calibrate on more data"
         )
     a = torch.cholesky_solve(s_pk.T, factor).T
     c = mean[pruned] - a @ mean[keep]
@@ -46,16 +45,24 @@ def affine_predictor(
     return a, c
 
 
-def fold(f: SiteFold):
-    if not f.pruned.numel():
-        return f.w2_kept, f.b2
-    cov = f.stats.covariance(f.site, needed_for="affine compensation").to(f.w2.device)
-    mean = f.stats.covariances[f.site].mean.to(f.w2.device)
-    a, c = affine_predictor(cov, mean, f.keep, f.pruned, DEFAULT_RIDGE if f.ridge is None else f.ridge, f.site)
-    w2_pruned = f.w2[:, f.pruned].double()
-    w2_kept = (f.w2_kept.double() + w2_pruned @ a).to(f.w2.dtype)
-    b2 = f.b2.double() if f.b2 is not None else torch.zeros(f.w2.shape[0], dtype=torch.float64, device=c.device)
-    return w2_kept, (b2 + w2_pruned @ c).to(f.w2.dtype)
+@COMPENSATIONS.register("affine")
+@dataclass(frozen=True)
+class Affine(Compensation):
+    """ridge: lam relative to the kept neurons' mean variance (0: plain least squares)."""
 
+    ridge: float = DEFAULT_RIDGE
+    needs = frozenset({"covariance"})
 
-register(Compensation("affine", frozenset({"covariance"}), fold))
+    def __post_init__(self):
+        check_ridge(self.ridge)
+
+    def fold(self, f: SiteFold):
+        if not f.pruned.numel():
+            return f.w2_kept, f.b2
+        cov = f.stats.covariance(f.site, needed_for="affine compensation").to(f.w2.device)
+        mean = f.stats.covariances[f.site].mean.to(f.w2.device)
+        a, c = affine_predictor(cov, mean, f.keep, f.pruned, self.ridge, f.site)
+        w2_pruned = f.w2[:, f.pruned].double()
+        w2_kept = (f.w2_kept.double() + w2_pruned @ a).to(f.w2.dtype)
+        b2 = f.b2.double() if f.b2 is not None else torch.zeros(f.w2.shape[0], dtype=torch.float64, device=c.device)
+        return w2_kept, (b2 + w2_pruned @ c).to(f.w2.dtype)

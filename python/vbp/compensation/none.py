@@ -1,10 +1,12 @@
 """No compensation: a pruned neuron's hidden value becomes 0 (its consumer column is dropped)."""
 
-from . import Compensation, SiteFold, register
+from dataclasses import dataclass
+
+from . import COMPENSATIONS, Compensation, SiteFold
 
 
-def fold(f: SiteFold):
-    return f.w2_kept, f.b2
-
-
-register(Compensation("none", frozenset(), fold))
+@COMPENSATIONS.register("none")
+@dataclass(frozen=True)
+class NoCompensation(Compensation):
+    def fold(self, f: SiteFold):
+        return f.w2_kept, f.b2

@@ -9,11 +9,13 @@ its cost when removed, made non-decreasing in removal order, so that ranking by 
 layers) follows the greedy order.
 """
 
+from dataclasses import dataclass
+
 import torch
 
-from ..compensation.affine import DEFAULT_RIDGE
+from ..covariance import DEFAULT_RIDGE, check_ridge
 from ..errors import VbpError
-from . import Criterion, consumer_column_norms, register
+from . import CRITERIA, Criterion, consumer_column_norms
 
 ROUND_FRACTION = 1 / 8
 
@@ -44,9 +46,17 @@ def redundancy_scores(cov: torch.Tensor, column_norms: torch.Tensor, ridge: floa
     return scores
 
 
-def scores(stats, model, seed):
-    norms = consumer_column_norms(model)
-    return {name: redundancy_scores(stats.covariance(name).cpu(), norms[name]) for name in stats.sites}
+@CRITERIA.register("redundancy")
+@dataclass(frozen=True)
+class Redundancy(Criterion):
+    """ridge: of each round's solve, relative to the kept neurons' mean variance (as affine compensation's)."""
 
+    ridge: float = DEFAULT_RIDGE
+    needs = frozenset({"model", "covariance"})
 
-register(Criterion("redundancy", frozenset({"model", "covariance"}), scores))
+    def __post_init__(self):
+        check_ridge(self.ridge)
+
+    def scores(self, stats, model, seed):
+        norms = consumer_column_norms(model)
+        return {name: redundancy_scores(stats.covariance(name).cpu(), norms[name], self.ridge) for name in stats.sites}

@@ -1,10 +1,12 @@
 """VBP's criterion: the variance of each neuron's hidden value over the calibration data."""
 
-from . import Criterion, register
+from dataclasses import dataclass
+
+from . import CRITERIA, Criterion
 
 
-def scores(stats, model, seed):
-    return {name: stats.variance(name).detach().cpu() for name in stats.sites}
-
-
-register(Criterion("variance", frozenset(), scores))
+@CRITERIA.register("variance")
+@dataclass(frozen=True)
+class Variance(Criterion):
+    def scores(self, stats, model, seed):
+        return {name: stats.variance(name).detach().cpu() for name in stats.sites}

@@ -1,12 +1,16 @@
 """FLAP's fluctuation metric: var_j * ||W2[:, j]||^2, the variance a neuron puts into the consumer's output
 when its value is held at its mean (so mean-shift compensation's error, neuron by neuron)."""
 
-from . import Criterion, consumer_column_norms, register
+from dataclasses import dataclass
+
+from . import CRITERIA, Criterion, consumer_column_norms
 
 
-def scores(stats, model, seed):
-    norms = consumer_column_norms(model)
-    return {name: stats.variance(name).detach().cpu() * norms[name] for name in stats.sites}
+@CRITERIA.register("weighted_variance")
+@dataclass(frozen=True)
+class WeightedVariance(Criterion):
+    needs = frozenset({"model"})
 
-
-register(Criterion("weighted_variance", frozenset({"model"}), scores))
+    def scores(self, stats, model, seed):
+        norms = consumer_column_norms(model)
+        return {name: stats.variance(name).detach().cpu() * norms[name] for name in stats.sites}

@@ -1,6 +1,6 @@
 """Model families: where a model comes from, how to rebuild it, and where its MLP sites are.
 
-A family is one file in this package, registered with `register`. Each knows:
+A family is one file in this package, registered in `FAMILIES` (in order) by `register`. Each knows:
 - its model ids (a prefix: "" timm names, "hf:" Hugging Face, "tv:" torchvision, "py:" a Python builder),
   how to create such a model, and how to describe a model of its own so that `build` rebuilds its
   architecture (what `save_pruned` stores, as JSON);
@@ -15,6 +15,7 @@ from typing import Callable
 from torch import nn
 
 from ..errors import VbpError
+from ..registry import Registry
 from ..sites import MlpSite, check_sites
 
 
@@ -40,30 +41,28 @@ class Family:
     aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
-FAMILIES: list[Family] = []
+FAMILIES: Registry[str, Family] = Registry("model family")
 
 
 def register(module, name: str, prefix: str, looked_for: str = "", aliases: tuple[str, ...] = ()) -> Family:
     """Register the family a module implements: its functions create, owns, model_id, describe, build,
     example_input and, optionally, find (see `Family`)."""
     fns = [getattr(module, f) for f in ("create", "owns", "model_id", "describe", "build", "example_input")]
-    family = Family(name, prefix, *fns, getattr(module, "find", None), looked_for, aliases)
-    FAMILIES.append(family)
-    return family
+    return FAMILIES.register(name, Family(name, prefix, *fns, getattr(module, "find", None), looked_for, aliases))
 
 
 def family_of(model: nn.Module) -> Family | None:
     """The family a model belongs to (None for a module no family knows)."""
-    return next((f for f in FAMILIES if f.owns(model)), None)
+    return next((f for f in FAMILIES.entries() if f.owns(model)), None)
 
 
 def family_for_id(model_id: str) -> tuple[Family, str]:
     """The family of a model id and the id without its prefix ("hf:dir" -> (hf, "dir"))."""
-    for f in sorted(FAMILIES, key=lambda f: -len(f.prefix)):
+    for f in sorted(FAMILIES.entries(), key=lambda f: -len(f.prefix)):
         for prefix in (f.prefix, *f.aliases):
             if prefix and model_id.startswith(prefix):
                 return f, model_id[len(prefix) :]
-    return next(f for f in FAMILIES if f.prefix == ""), model_id
+    return next(f for f in FAMILIES.entries() if f.prefix == ""), model_id
 
 
 def sites_of(model: nn.Module, spec=None) -> list[MlpSite]:
@@ -76,14 +75,14 @@ def sites_of(model: nn.Module, spec=None) -> list[MlpSite]:
     if model_spec(model):
         return check_sites(find_by_spec(model, model_spec(model)))
     skipped = []
-    for family in FAMILIES:
+    for family in FAMILIES.entries():
         if family.find is None:
             continue
         sites, skips = family.find(model)
         if sites:
             return check_sites(sites)
         skipped += skips
-    looked_for = "; ".join(f"{f.name}: {f.looked_for}" for f in FAMILIES if f.find is not None)
+    looked_for = "; ".join(f"{f.name}: {f.looked_for}" for f in FAMILIES.entries() if f.find is not None)
     detail = f". Skipped: {', '.join(skipped)}" if skipped else ""
     raise VbpError(
         f"{type(model).__name__} has no prunable MLP block. Looked for {looked_for}{detail}. "
@@ -92,4 +91,7 @@ def sites_of(model: nn.Module, spec=None) -> list[MlpSite]:
     )
 
 
-from . import timm_models, hf, python_builder, torchvision_models  # noqa: E402,F401  (registration order)
+# registration order: the order families' finders are tried in
+# isort: off
+from . import timm_models, hf, python_builder, torchvision_models  # noqa: E402,F401
+# isort: on

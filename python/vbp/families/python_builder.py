@@ -3,6 +3,10 @@
 `vbp.create_model("py:mypkg.models:build", width=512)` imports `mypkg.models` and calls `build(width=512)`;
 the id and kwargs are recorded, so a pruned model saves and reloads without unpickling (the function is
 imported and called again). Name its sites with a spec (`vbp.families.spec`) unless a family finds them.
+
+vbp runs such a model on inputs of its input shape (what `vbp.count` counts, synthetic data, the data-flow
+check of a site spec): the `_vbp_input_shape` the builder may set, or one given (`--input-size`), or that of
+the first input of the data a command reads (`settle_input_shape`). It is saved with the model.
 """
 
 import importlib
@@ -15,22 +19,32 @@ from ..errors import VbpError
 from . import register
 
 _SOURCE = "_vbp_python_source"  # {"model": "py:MODULE:FUNCTION", "kwargs": {...}} recorded by `create`
-INPUT_SHAPE = "_vbp_input_shape"  # optional attribute a builder may set: the input shape `vbp.count` uses
+INPUT_SHAPE = "_vbp_input_shape"  # the shape of one input, without the batch dimension (e.g. (3, 224, 224))
 
 
 def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
+    if pretrained:
+        raise VbpError(f"--pretrained does not apply to py:{name}: py: models take their weights from --checkpoint")
     module_name, _, function = name.partition(":")
     if not module_name or not function:
         raise VbpError(f"'py:{name}' does not name a builder; write py:MODULE:FUNCTION (e.g. py:mypkg.models:build)")
     try:
         builder = getattr(importlib.import_module(module_name), function)
-    except (ImportError, AttributeError) as exc:
-        raise VbpError(f"cannot import the model builder py:{name}: {exc}") from exc
-    model = builder(**kwargs)
+    except Exception as exc:  # ImportError, AttributeError, or whatever the module raises while it is imported
+        raise VbpError(f"cannot import the model builder py:{name}: {_one_line(exc)}") from exc
+    try:
+        model = builder(**kwargs)
+    except Exception as exc:  # the user's code: any exception, said in one line
+        raise VbpError(f"the builder py:{name} raised {_one_line(exc)}; fix it or its arguments") from exc
     if not isinstance(model, nn.Module):
         raise VbpError(f"py:{name} returned {type(model).__name__}, not a torch.nn.Module")
     setattr(model, _SOURCE, {"model": f"py:{name}", "kwargs": kwargs})
     return model
+
+
+def _one_line(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def owns(model: nn.Module) -> bool:
@@ -42,17 +56,64 @@ def model_id(model: nn.Module) -> str:
 
 
 def describe(model: nn.Module) -> dict:
-    return dict(getattr(model, _SOURCE))
+    desc = dict(getattr(model, _SOURCE))
+    if input_shape(model) is not None:
+        desc["input_shape"] = list(input_shape(model))
+    return desc
 
 
 def build(desc: dict) -> nn.Module:
-    return create(desc["model"].removeprefix("py:"), **desc.get("kwargs", {}))
+    model = create(desc["model"].removeprefix("py:"), **desc.get("kwargs", {}))
+    if desc.get("input_shape"):
+        set_input_shape(model, desc["input_shape"])
+    return model
+
+
+def input_shape(model: nn.Module) -> tuple[int, ...] | None:
+    """The shape of one input of a py: model (no batch dimension), when it is known."""
+    shape = getattr(model, INPUT_SHAPE, None)
+    return tuple(shape) if shape is not None else None
+
+
+def set_input_shape(model: nn.Module, shape) -> None:
+    model.__dict__[INPUT_SHAPE] = tuple(int(d) for d in shape)
+
+
+def parse_input_size(text: str) -> tuple[int, ...]:
+    """'3,224,224' -> (3, 224, 224)."""
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise VbpError(f"--input-size '{text}' is not a shape; give positive sizes like 3,224,224 (C,H,W)")
+    return shape
+
+
+def settle_input_shape(model: nn.Module, input_size: str | None, data: str | None, skip_bad: bool = False) -> None:
+    """Give a py: model the input shape vbp runs it at: `input_size` ('C,H,W'), else the shape it declares, else
+    that of the first input of the data `data` (None: the command reads no data). A VbpError, before any work,
+    when there is none, or when `input_size` is given for a model of another family."""
+    if not owns(model):
+        if input_size is not None:
+            raise VbpError("--input-size is for py: models; the other families know their input size")
+        return
+    if input_size is not None:
+        set_input_shape(model, parse_input_size(input_size))
+    elif input_shape(model) is None and data is not None:
+        from ..data import first_input_shape
+
+        set_input_shape(model, first_input_shape(data, model, skip_bad))
+    example_input(model)
 
 
 def example_input(model: nn.Module) -> torch.Tensor:
-    if not hasattr(model, INPUT_SHAPE):
-        raise VbpError(f"give count() an input_size: the model has no '{INPUT_SHAPE}' attribute to take it from")
-    return torch.zeros(1, *getattr(model, INPUT_SHAPE))
+    if input_shape(model) is None:
+        raise VbpError(
+            f"{model_id(model)} has no input size for vbp to run it at (MACs, synthetic data, the site check): give "
+            f"--input-size C,H,W (count(model, input_size=...)), or set {INPUT_SHAPE} on the model in its builder"
+        )
+    return torch.zeros(1, *input_shape(model))
 
 
-FAMILY = register(sys.modules[__name__], "Python builder", "py:")
+register(sys.modules[__name__], "Python builder", "py:")

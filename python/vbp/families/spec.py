@@ -10,11 +10,15 @@ each, the producer layer(s) and the consumer:
 
 In a pattern `*` matches one path component and `**` any number of them. A spec that matches no module,
 names a layer a matched module lacks, or names layers whose shapes do not chain, is an error that says so.
+Shapes can chain where the data does not flow: `check_flow` runs the model on an example input to see that each
+consumer reads its producers' activated output, channel by channel (the command line does it for --sites).
 """
 
 import re
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
+import torch
 from torch import nn
 
 from ..errors import VbpError
@@ -113,3 +117,138 @@ def find_by_spec(model: nn.Module, spec) -> list[MlpSite]:
             act = prefix + s.act if s.act else None
             sites.append(MlpSite(parent, model, tuple(paths[: len(s.producers)]), paths[len(s.producers)], act=act))
     return sites
+
+
+class _Seen(Exception):
+    """Ends a forward pass once the consumer's input has been seen."""
+
+
+def _channel_dim(layer: nn.Module) -> int:
+    return 1 if isinstance(layer, nn.Conv2d) else -1
+
+
+def _rows(t: torch.Tensor, layer: nn.Module) -> torch.Tensor:
+    """A layer's input or output as [N, C] rows, C its channels."""
+    t = t.detach().movedim(_channel_dim(layer), -1)
+    return t.reshape(-1, t.shape[-1])
+
+
+def _randomised(example):
+    """The example input with its floating tensors replaced by seeded normal values (token ids stay): zeros would
+    leave biasless gated MLPs with no hidden value to follow."""
+    g = torch.Generator().manual_seed(0)
+
+    def fill(t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=g, dtype=t.dtype) if t.is_floating_point() else t
+
+    return {k: fill(v) for k, v in example.items()} if isinstance(example, Mapping) else fill(example)
+
+
+@torch.no_grad()
+def check_flow(model: nn.Module, example=None) -> None:
+    """Raise VbpError unless every site of the model's spec is an MLP of its forward pass.
+
+    On one example input (default: what its family says, with random values), each site's producers and
+    consumer must run, and adding to one hidden channel k of the producer's output (`up` of a gated site) must
+    change the consumer's input in channel k and nowhere else. Costs one forward pass, plus one up to the
+    consumer per site. The families' own sites need no check: their libraries' structure gives them."""
+    from ..calibrate import run_model
+    from ..count import example_input
+
+    spec = model_spec(model)
+    if not spec:
+        return
+    sites = find_by_spec(model, spec)
+    example = _randomised(example if example is not None else example_input(model, None))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        seen = _first_pass(model, sites, lambda: run_model(model, example, device))
+        for site in sites:
+            _check_site(model, site, seen, lambda: run_model(model, example, device))
+    finally:
+        model.train(was_training)
+
+
+def _first_pass(model: nn.Module, sites: list[MlpSite], run) -> dict:
+    """{("peak", site): the largest output per channel of its first producer, ("in", consumer): its input,
+    ("ran", path): True} from one forward pass (the first call of each layer)."""
+    seen = {}
+    handles = []
+    for site in sites:
+        first = site.producers[0]
+        for path in site.producers:
+            layer = model.get_submodule(path)
+
+            def output(module, inputs, out, path=path, peak=path == first, name=site.name):
+                seen[("ran", path)] = True
+                if peak:
+                    seen.setdefault(("peak", name), _rows(out, module).amax(0))
+
+            handles.append(layer.register_forward_hook(output))
+
+        def consumer_input(module, inputs, path=site.consumer):
+            seen[("ran", path)] = True
+            seen.setdefault(("in", path), inputs[0].detach().clone())
+
+        handles.append(site.consumer_layer.register_forward_pre_hook(consumer_input))
+    try:
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _check_site(model: nn.Module, site: MlpSite, seen: dict, run) -> None:
+    """Add to channel k of the (up) producer's output and compare the consumer's input with the first pass's."""
+    for path in (*site.producers, site.consumer):
+        if ("ran", path) not in seen:
+            raise VbpError(
+                f"site spec: '{path}' (site '{site.name}') does not run when the model runs on an example input; "
+                "name layers its forward pass uses"
+            )
+    k = int(seen[("peak", site.name)].argmax())  # the most active neuron: its activation passes a change on
+    producer = site.producers[-1]
+    got = {}
+
+    def bump(module, inputs, out):
+        out = out.clone()
+        channel = out.select(_channel_dim(module), k)
+        channel += 1 + channel.abs()
+        return out
+
+    def read(module, inputs):
+        got["in"] = inputs[0].detach()
+        raise _Seen
+
+    handles = [
+        model.get_submodule(producer).register_forward_hook(bump),
+        site.consumer_layer.register_forward_pre_hook(read),
+    ]
+    try:
+        run()
+    except _Seen:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    consumer, first = site.consumer_layer, seen[("in", site.consumer)]
+    before = _rows(first, consumer).double()
+    change = (_rows(got.get("in", first), consumer).double() - before).abs()
+    tol = 16 * torch.finfo(first.dtype).eps * float(before.abs().max())
+    hidden = "act(gate(x)) * up(x)" if site.gated else f"act({producer}(x))"
+    if float(change[:, k].max()) <= tol:
+        raise VbpError(
+            f"site spec: '{site.consumer}' does not read the output of '{producer}' (site '{site.name}'): changing "
+            f"hidden channel {k} left its input unchanged on an example input; name the layer that reads {hidden}"
+        )
+    others = torch.cat([change[:, :k], change[:, k + 1 :]], 1)
+    mixed = int((others > tol).any(0).sum())
+    if mixed:
+        raise VbpError(
+            f"site spec: '{site.consumer}' does not read '{producer}' channel by channel (site '{site.name}'): "
+            f"changing hidden channel {k} changed {mixed} other channels of its input; name the layer that reads "
+            f"{hidden} with nothing mixing channels between them"
+        )

@@ -24,10 +24,28 @@ def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         raise VbpError(f"unknown torchvision model '{name}'; torchvision.models.list_models() lists them")
     if pretrained:
         kwargs = {"weights": "DEFAULT", **kwargs}
-    model = torchvision.models.get_model(name, **kwargs)
+        _check_download(name, kwargs["weights"])
+    try:
+        model = torchvision.models.get_model(name, **kwargs)
+    except (OSError, RuntimeError) as exc:
+        if not pretrained:
+            raise
+        message = " ".join(str(exc).split())
+        raise VbpError(f"cannot load the pretrained weights of 'tv:{name}': {message}") from exc
     kwargs.pop("weights", None)
     setattr(model, _SOURCE, {"model": f"tv:{name}", "kwargs": kwargs})
     return model
+
+
+def _check_download(name: str, weights) -> None:
+    """A VbpError at once when the weights are neither in torch.hub's cache nor on a server within reach."""
+    import torchvision
+
+    from .hf import NO_NETWORK, in_torch_hub_cache, online
+
+    entry = torchvision.models.get_model_weights(name).verify(weights)
+    if entry is not None and not in_torch_hub_cache(entry.url) and not online(entry.url):
+        raise VbpError(f"cannot download the pretrained weights of 'tv:{name}': {NO_NETWORK}")
 
 
 def owns(model: nn.Module) -> bool:
@@ -100,7 +118,7 @@ def find(model: nn.Module) -> tuple[list[MlpSite], list[str]]:
     return sites, skipped
 
 
-FAMILY = register(
+register(
     sys.modules[__name__],
     "torchvision",
     "tv:",
