@@ -30,7 +30,7 @@ def test_round_trip_gives_identical_outputs(tmp_path, name, kwargs, input_size):
     x = random_batches(1, 3, input_size, seed=5)[0]
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=0)
-    assert vbp.sites.site_widths(loaded) == vbp.sites.site_widths(pruned)
+    assert vbp.families.site_widths(loaded) == vbp.families.site_widths(pruned)
 
 
 def test_load_errors_are_clear(tmp_path):

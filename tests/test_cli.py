@@ -63,7 +63,7 @@ def test_calibrate_prune_eval_chain_on_digits(tmp_path, capsys):
         )
         == 0
     )
-    widths = vbp.sites.site_widths(vbp.load_pruned(out / "model.safetensors"))
+    widths = vbp.families.site_widths(vbp.load_pruned(out / "model.safetensors"))
     assert all(w % 8 == 0 for w in widths.values())
     assert vbp.Plan.load(out / "plan.json").kept_widths == widths
     capsys.readouterr()

@@ -130,7 +130,7 @@ def test_compensation_identity_in_float64(case):
     stats = vbp.calibrate(model, [data() for _ in range(2)], progress=False)
     plan = vbp.select(stats, 0.4)
     pruned = vbp.prune(copy.deepcopy(model), plan, stats)
-    assert vbp.sites.site_widths(pruned) == plan.kept_widths
+    assert vbp.families.site_widths(pruned) == plan.kept_widths
     x = data()
     with torch.no_grad():
         want = output(mean_replaced(model, plan, stats), x)
@@ -168,7 +168,7 @@ def test_save_and_load_round_trip(case, tmp_path, monkeypatch):
     else:  # a module built by hand: say how to rebuild it
         vbp.save_pruned(pruned, path, name=f"py:{__name__}:swiglu_net")
     loaded = vbp.load_pruned(path)
-    assert vbp.sites.site_widths(loaded) == vbp.sites.site_widths(pruned)
+    assert vbp.families.site_widths(loaded) == vbp.families.site_widths(pruned)
     x = data()
     with torch.no_grad():
         torch.testing.assert_close(output(loaded, x), output(pruned, x), rtol=0, atol=0)
@@ -276,7 +276,7 @@ def test_cli_prunes_a_user_model_by_spec(tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert main(["prune", *args, "--ratio", "0.5", "--batch-size", "8", "--output", str(out)]) == 0
     pruned = vbp.load_pruned(out / "model.safetensors")
-    assert sum(vbp.sites.site_widths(pruned).values()) == 19
+    assert sum(vbp.families.site_widths(pruned).values()) == 19
     assert main(["prune", *args[:2], "--data", "synthetic", "--ratio", "0.5"]) == 2
     assert "site spec" in capsys.readouterr().err  # without --sites: no family knows these layers
 

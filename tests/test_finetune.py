@@ -113,4 +113,4 @@ def test_finetune_command_under_torchrun_with_two_gloo_processes(digits_pruned, 
     log = json.loads((tmp_path / "ft" / "log.json").read_text())
     assert [row["epoch"] for row in log] == [1, 2] and log[-1]["top1"] > 50
     tuned = vbp.load_pruned(tmp_path / "ft" / "model.safetensors")
-    assert vbp.sites.site_widths(tuned) == vbp.sites.site_widths(digits_pruned[1])
+    assert vbp.families.site_widths(tuned) == vbp.families.site_widths(digits_pruned[1])

@@ -60,7 +60,7 @@ def test_cli_prunes_an_hf_model_on_a_text_file(tmp_path, capsys):
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["ratio_removed"] == pytest.approx(0.5) and summary["macs_g"] < summary["macs_full_g"]
     pruned = vbp.load_pruned(out / "model.safetensors")
-    assert sum(vbp.sites.site_widths(pruned).values()) == 6 * 1536 // 2
+    assert sum(vbp.families.site_widths(pruned).values()) == 6 * 1536 // 2
     ids = {"input_ids": torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])}
     stats = vbp.Stats.load(out / "stats.safetensors")
     reference, _ = minilm.load_minilm()

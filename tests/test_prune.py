@@ -42,7 +42,7 @@ def test_pruned_model_is_an_ordinary_module(deit_tiny_small):
         torch.testing.assert_close(copy.deepcopy(pruned)(x), y, rtol=0, atol=0)
         assert_close_to_scale(torch.compile(pruned, backend="aot_eager")(x), y)
     reloaded = small_model("deit_tiny_patch16_224", img_size=32)
-    for site, width in vbp.sites.site_widths(pruned).items():
+    for site, width in vbp.families.site_widths(pruned).items():
         dict((s.name, s) for s in vbp.find_sites(reloaded))[site].set_width(width)
     reloaded.load_state_dict(pruned.state_dict())
     with torch.no_grad():

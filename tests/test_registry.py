@@ -21,10 +21,10 @@ from vbp.cli import main
 from vbp.compensation import SiteFold
 from vbp.data import loader
 from vbp.evaluate import accuracy
+from vbp.method import Method, needs_covariance
 from vbp.prune import PRUNING_RECORD
 from vbp.registry import Registry
-from vbp.strategy import needs_covariance
-from vbp.sweep import Method, sweep
+from vbp.sweep import sweep
 
 
 @dataclass(frozen=True)

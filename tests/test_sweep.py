@@ -10,7 +10,8 @@ import vbp
 from vbp.cli import main
 from vbp.data import loader
 from vbp.finetune import FinetuneConfig
-from vbp.sweep import Method, sweep, table_markdown
+from vbp.method import Method
+from vbp.sweep import sweep, table_markdown
 
 
 def test_sweep_rows_agree_with_count():

@@ -13,12 +13,13 @@ from .count import count
 from .criteria import CRITERIA, Criterion, Magnitude, Random, Redundancy, Variance, WeightedVariance
 from .digits import digits_split
 from .errors import VbpError
+from .families import find_sites
 from .families.spec import SiteSpec
 from .models import create_model
 from .plan import Plan
 from .prune import prune
 from .select import select
-from .sites import MlpSite, find_sites
+from .sites import MlpSite
 from .stats import Moments, Stats
 
 try:

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from .errors import VbpError
+from .families import find_sites
 from .families.spec import model_spec
 from .files import read_safetensors, write_safetensors
 from .models import build_model, model_source
 from .prune import PRUNING_RECORD, current_record
-from .sites import find_sites
 
 FORMAT = "vbp-model/2"
 FORMAT_V1 = "vbp-model/1"

@@ -6,7 +6,8 @@ from torch import nn
 from . import ops
 from .activations import gelu_kind
 from .errors import VbpError
-from .sites import MlpSite, find_sites, set_submodule
+from .families import find_sites
+from .sites import MlpSite, set_submodule
 
 # Inference kernels CompactMlp can run: the extension's op (or its PyTorch fallback), or fc1 + GELU as one
 # Triton kernel (CUDA; which is faster on a given GPU is for benchmarks/bench_compact_mlp.py to say).

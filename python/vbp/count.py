@@ -9,10 +9,9 @@ vbp's own compact_mlp op (two GEMMs) of `vbp.compact`ed models.
 import torch
 from torch import nn
 
-from .calibrate import run_model
+from .batches import run_model
 from .compact import CompactMlp
-from .errors import VbpError
-from .families import family_of
+from .models import example_input
 
 aten = torch.ops.aten
 
@@ -60,18 +59,6 @@ def _extras() -> dict:
     if hasattr(torch.ops.vbp, "compact_mlp"):  # the native extension is built
         extras[torch.ops.vbp.compact_mlp] = _compact_mlp_flop
     return extras
-
-
-def example_input(model: nn.Module, input_size: tuple[int, ...] | None):
-    """One zero input: of `input_size` (C, H, W) when given, else what the model's family says (a timm model's
-    pretrained_cfg input size, an HF vision model's image size, 128 tokens for an HF text model, or the input
-    shape of a py: model, see `vbp.families.python_builder`)."""
-    if input_size is not None:
-        return torch.zeros(1, *input_size)
-    family = family_of(model)
-    if family is None:
-        raise VbpError(f"give count() an input_size: vbp does not know what input a {type(model).__name__} takes")
-    return family.example_input(model)
 
 
 @torch.inference_mode()

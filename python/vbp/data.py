@@ -7,11 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from .count import example_input
 from .digits import digits_split
 from .errors import VbpError
 from .families import hf
-from .models import model_name
+from .models import example_input, model_name
 from .text import Sentences, Tokenize, read_sentences, tokenizer_of
 from .unreadable import skip_unreadable
 

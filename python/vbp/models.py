@@ -72,3 +72,15 @@ def build_model(source: dict) -> nn.Module:
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def example_input(model: nn.Module, input_size: tuple[int, ...] | None = None):
+    """One zero input: of `input_size` (C, H, W) when given, else what the model's family says (a timm model's
+    pretrained_cfg input size, an HF vision model's image size, 128 tokens for an HF text model, or the input
+    shape of a py: model, see `vbp.families.python_builder`)."""
+    if input_size is not None:
+        return torch.zeros(1, *input_size)
+    family = family_of(model)
+    if family is None:
+        raise VbpError(f"give count() an input_size: vbp does not know what input a {type(model).__name__} takes")
+    return family.example_input(model)

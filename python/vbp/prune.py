@@ -8,11 +8,11 @@ from torch import nn
 
 from .compensation import Affine, Compensation, SiteFold
 from .errors import VbpError
+from .families import find_sites
 from .model_ids import canonical_id
 from .models import model_name
 from .ops import slice_mlp
 from .plan import Plan
-from .sites import find_sites
 from .stats import Stats
 
 # how a model was pruned, saved with it: {"criterion": dict, "compensation": dict, "ratio": float}, the

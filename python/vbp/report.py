@@ -6,8 +6,8 @@ import os
 from torch import nn
 
 from .count import count
+from .families import site_widths
 from .files import write_text_atomic
-from .sites import site_widths
 
 
 def summarize(full: nn.Module, pruned: nn.Module, model: str, ratio: float) -> dict:

@@ -160,24 +160,6 @@ def chain_problem(producers: list[nn.Module], consumer: nn.Module) -> str | None
     return None
 
 
-def find_sites(model: nn.Module, spec=None) -> list[MlpSite]:
-    """All prunable MLP sites of `model`, in module order.
-
-    spec: user-named sites (see `vbp.families.spec`): a SiteSpec, its dict or its text form, or a list of
-        them. It stays with the model, so later calls (calibrate, prune, save) find the same sites.
-    Without a spec, the first model family (`vbp.families`) that finds sites in the model gives them.
-    Raises VbpError when there are none, naming what was looked for and any blocks that were skipped.
-    """
-    from .families import sites_of
-
-    return sites_of(model, spec)
-
-
-def site_widths(model: nn.Module) -> dict[str, int]:
-    """Hidden width of every site, by site name."""
-    return {site.name: site.width for site in find_sites(model)}
-
-
 def check_sites(sites: list[MlpSite]) -> list[MlpSite]:
     """Raise VbpError when two sites share a layer (a spec or family that matched one MLP twice)."""
     seen: dict[str, str] = {}

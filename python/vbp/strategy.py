@@ -52,11 +52,3 @@ class Strategy(ABC):
             f"a {cls.registry.what} is a name ({', '.join(cls.registry)}), a {cls.__name__} config or its dict; "
             f"got {value!r}"
         )
-
-
-def needs_covariance(criterion: "str | Strategy" = "variance", compensation: "str | Strategy" = "none") -> bool:
-    """Whether a criterion or a compensation (configs or names) needs covariances calibrated."""
-    from .compensation import Compensation
-    from .criteria import Criterion
-
-    return "covariance" in Criterion.resolve(criterion).needs | Compensation.resolve(compensation).needs

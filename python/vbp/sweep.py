@@ -13,52 +13,20 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
-from .compensation import COMPENSATIONS, Compensation
 from .count import count
-from .criteria import CRITERIA
 from .data import loader
 from .errors import VbpError
 from .evaluate import accuracy, retention
 from .files import write_csv_atomic, write_text_atomic
 from .finetune import FinetuneConfig, finetune
+from .method import Method
 from .plan import Plan
 from .prune import prune
 from .report import change
 from .select import check_ratio, select
 from .stats import Stats
-from .strategy import needs_covariance
 
 DEFAULT_METHODS = ("variance+mean", "variance+affine", "redundancy+affine", "variance", "magnitude", "random")
-
-
-@dataclass(frozen=True)
-class Method:
-    """A criterion (name) and a compensation (a config; a name stands for its default options)."""
-
-    criterion: str
-    compensation: Compensation | str = "none"
-
-    def __post_init__(self):
-        object.__setattr__(self, "compensation", Compensation.resolve(self.compensation))
-
-    @classmethod
-    def parse(cls, text: str) -> "Method":
-        criterion, _, compensation = text.partition("+")
-        compensation = {"": "none", "comp": "mean"}.get(compensation, compensation)
-        if criterion not in CRITERIA or compensation not in COMPENSATIONS:
-            raise VbpError(
-                f"unknown method '{text}': write CRITERION[+COMPENSATION] with a criterion from {', '.join(CRITERIA)} "
-                f"and a compensation from {', '.join(COMPENSATIONS)}"
-            )
-        return cls(criterion, compensation)
-
-    @property
-    def needs_covariance(self) -> bool:
-        return needs_covariance(self.criterion, self.compensation)
-
-    def __str__(self) -> str:
-        name = self.compensation.name
-        return self.criterion + ("" if name == "none" else f"+{name}")
 
 
 def check_rates(rates: list[float]) -> list[float]:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .calibrate import run_model
+from .batches import run_model
 from .errors import VbpError
 
 MAX_TOKENS = 128  # sentences are truncated to this many tokens

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from .calibrate import calibrate
 from .files import write_text_atomic
+from .method import Method
 from .minilm import calibration_sentences, evaluation_sentences, load_minilm
 from .prune import prune
 from .select import select
-from .sweep import Method
 from .text import embedding_agreement, sentence_embeddings, text_loader
 
 RATES = (0.3, 0.5, 0.7)

@@ -14,21 +14,19 @@ from ..calibrate import calibrate
 from ..compensation import COMPENSATIONS, Affine, Compensation
 from ..covariance import DEFAULT_RIDGE
 from ..criteria import CRITERIA
-from ..data import check_data, dataset, loader
+from ..data import check_data, dataset, first_input_shape, loader
 from ..digits import MODEL_NAME
 from ..distributed import shard
 from ..errors import VbpError
-from ..families import family_for_id
-from ..families.python_builder import settle_input_shape
+from ..families import family_for_id, find_sites, python_builder, site_widths
 from ..families.spec import check_flow
 from ..fingerprint import weights_fingerprint
-from ..models import create_model, model_name
+from ..method import needs_covariance
+from ..models import create_model, example_input, model_name
 from ..prune import prune
 from ..recorder import BACKENDS
 from ..select import SCOPES, select
-from ..sites import find_sites, site_widths
 from ..stats import Stats
-from ..strategy import needs_covariance
 
 
 def add_model_args(p: argparse.ArgumentParser, input_size: bool = True) -> None:
@@ -199,6 +197,21 @@ def load_model(name: str, weights: dict, device: str) -> nn.Module:
     return model
 
 
+def settle_input_shape(model: nn.Module, input_size: str | None, data: str | None, skip_bad: bool = False) -> None:
+    """Give a py: model the input shape vbp runs it at: `input_size` ('C,H,W'), else the shape it declares, else
+    that of the first input of the data `data` (None: the command reads no data). A VbpError, before any work,
+    when there is none, or when `input_size` is given for a model of another family."""
+    if not python_builder.owns(model):
+        if input_size is not None:
+            raise VbpError("--input-size is for py: models; the other families know their input size")
+        return
+    if input_size is not None:
+        python_builder.set_input_shape(model, python_builder.parse_input_size(input_size))
+    elif python_builder.input_shape(model) is None and data is not None:
+        python_builder.set_input_shape(model, first_input_shape(data, model, skip_bad))
+    python_builder.example_input(model)
+
+
 def model_of(args, reads_data: bool = True) -> nn.Module:
     """--model with --pretrained/--checkpoint/--num-classes on --device; a py: model's input size from
     --input-size, else from the first input of --data when the command reads it (`reads_data`); --sites,
@@ -210,7 +223,7 @@ def model_of(args, reads_data: bool = True) -> nn.Module:
     settle_input_shape(model, args.input_size, args.data if reads_data else None, args.skip_bad_images)
     if args.sites:
         find_sites(model, spec=args.sites)  # the spec stays with the model
-        check_flow(model)
+        check_flow(model, example_input(model))
     return model
 
 

@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from ..checkpoint import save_pruned
+from ..families import site_widths
 from ..files import check_writable
 from ..report import format_summary, summarize, write_summary
 from ..select import check_ratio, check_selection_options
-from ..sites import site_widths
 from .options import (
     add_data_args,
     add_model_args,

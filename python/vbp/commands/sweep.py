@@ -6,10 +6,10 @@ from pathlib import Path
 from ..compensation import Affine
 from ..data import dataset
 from ..errors import VbpError
+from ..families import site_widths
 from ..files import check_writable
 from ..finetune import FinetuneConfig
 from ..select import check_selection_options
-from ..sites import site_widths
 from .options import (
     add_data_args,
     add_model_args,
@@ -92,7 +92,7 @@ def run(args) -> None:
 def _methods(args) -> list:
     """--criterion/--compensation (as prune takes them) name one method; without them, --methods, where --ridge
     applies to the affine ones."""
-    from ..sweep import Method
+    from ..method import Method
 
     if args.criterion or args.compensation or args.no_compensation:
         return [Method(args.criterion or "variance", compensation_of(args))]

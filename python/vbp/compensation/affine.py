@@ -17,7 +17,7 @@ import torch
 
 from ..covariance import DEFAULT_RIDGE, check_ridge
 from ..errors import VbpError
-from . import COMPENSATIONS, Compensation, SiteFold
+from .base import COMPENSATIONS, Compensation, SiteFold
 
 
 def affine_predictor(

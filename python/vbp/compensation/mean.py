@@ -4,7 +4,7 @@ folds into the consumer's bias in float64: b2 += W2[:, P] @ mu[P] (`ops.fold_bia
 from dataclasses import dataclass
 
 from ..ops import fold_bias
-from . import COMPENSATIONS, Compensation, SiteFold
+from .base import COMPENSATIONS, Compensation, SiteFold
 
 
 @COMPENSATIONS.register("mean")

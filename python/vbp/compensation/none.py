@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from . import COMPENSATIONS, Compensation, SiteFold
+from .base import COMPENSATIONS, Compensation, SiteFold
 
 
 @COMPENSATIONS.register("none")

@@ -9,35 +9,12 @@ scales the variance by the neuron's consumer column (FLAP's fluctuation metric);
 the neurons the others predict best (needs covariance).
 """
 
-from abc import abstractmethod
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from ..errors import VbpError
-from ..registry import Registry
-from ..sites import find_sites
 from ..stats import Stats
-from ..strategy import Strategy
-
-CRITERIA: Registry[str, type["Criterion"]] = Registry("criterion")
-
-
-@dataclass(frozen=True)
-class Criterion(Strategy):
-    """A neuron score; its fields are its options. needs: subset of {"model", "covariance"}."""
-
-    registry = CRITERIA
-
-    @abstractmethod
-    def scores(self, stats: Stats, model: nn.Module | None, seed: int) -> dict[str, torch.Tensor]:
-        """{site: float64 [C] on the CPU}; `seed` for criteria that draw random numbers."""
-
-
-def consumer_column_norms(model: nn.Module) -> dict[str, torch.Tensor]:
-    """||W2[:, j]||^2 of every site's consumer, float64 [C] on the CPU."""
-    return {s.name: s.consumer_weights()[0].detach().double().square().sum(0).cpu() for s in find_sites(model)}
+from .base import CRITERIA, Criterion, consumer_column_norms  # noqa: F401  (the package's API)
 
 
 def neuron_scores(

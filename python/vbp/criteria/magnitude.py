@@ -3,8 +3,8 @@ and up) and its consumer column."""
 
 from dataclasses import dataclass
 
-from ..sites import find_sites
-from . import CRITERIA, Criterion
+from ..families import find_sites
+from .base import CRITERIA, Criterion
 
 
 @CRITERIA.register("magnitude")

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 
-from . import CRITERIA, Criterion
+from .base import CRITERIA, Criterion
 
 
 @CRITERIA.register("random")

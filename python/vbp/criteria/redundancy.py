@@ -15,7 +15,7 @@ import torch
 
 from ..covariance import DEFAULT_RIDGE, check_ridge
 from ..errors import VbpError
-from . import CRITERIA, Criterion, consumer_column_norms
+from .base import CRITERIA, Criterion, consumer_column_norms
 
 ROUND_FRACTION = 1 / 8
 

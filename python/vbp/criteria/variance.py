@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from . import CRITERIA, Criterion
+from .base import CRITERIA, Criterion
 
 
 @CRITERIA.register("variance")

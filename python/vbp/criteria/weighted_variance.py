@@ -3,7 +3,7 @@ when its value is held at its mean (so mean-shift compensation's error, neuron b
 
 from dataclasses import dataclass
 
-from . import CRITERIA, Criterion, consumer_column_norms
+from .base import CRITERIA, Criterion, consumer_column_norms
 
 
 @CRITERIA.register("weighted_variance")

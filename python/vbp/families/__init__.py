@@ -9,67 +9,17 @@ A family is one file in this package, registered in `FAMILIES` (in order) by `re
 User-named sites (`vbp.families.spec`) override the families' finders for one model.
 """
 
-from dataclasses import dataclass, field
-from typing import Callable
-
 from torch import nn
 
 from ..errors import VbpError
-from ..registry import Registry
 from ..sites import MlpSite, check_sites
-
-
-@dataclass
-class Family:
-    """name: shown in messages; prefix: of its model ids ("" for timm names).
-    create(name, pretrained, **kwargs) -> model; owns(model) -> whether the model is of this family;
-    model_id(model) -> its id (with the prefix); describe(model) -> JSON-able dict that `build` turns back into
-    the architecture (random or uninitialised weights); find(model) -> (sites, skipped "path (reason)");
-    example_input(model) -> the input `vbp.count` runs; looked_for: what `find` looks for, for messages.
-    """
-
-    name: str
-    prefix: str
-    create: Callable[..., nn.Module]
-    owns: Callable[[nn.Module], bool]
-    model_id: Callable[[nn.Module], str]
-    describe: Callable[[nn.Module], dict]
-    build: Callable[[dict], nn.Module]
-    example_input: Callable[[nn.Module], object]
-    find: Callable[[nn.Module], tuple[list[MlpSite], list[str]]] | None = None
-    looked_for: str = ""
-    aliases: tuple[str, ...] = field(default_factory=tuple)
-
-
-FAMILIES: Registry[str, Family] = Registry("model family")
-
-
-def register(module, name: str, prefix: str, looked_for: str = "", aliases: tuple[str, ...] = ()) -> Family:
-    """Register the family a module implements: its functions create, owns, model_id, describe, build,
-    example_input and, optionally, find (see `Family`)."""
-    fns = [getattr(module, f) for f in ("create", "owns", "model_id", "describe", "build", "example_input")]
-    return FAMILIES.register(name, Family(name, prefix, *fns, getattr(module, "find", None), looked_for, aliases))
-
-
-def family_of(model: nn.Module) -> Family | None:
-    """The family a model belongs to (None for a module no family knows)."""
-    return next((f for f in FAMILIES.entries() if f.owns(model)), None)
-
-
-def family_for_id(model_id: str) -> tuple[Family, str]:
-    """The family of a model id and the id without its prefix ("hf:dir" -> (hf, "dir"))."""
-    for f in sorted(FAMILIES.entries(), key=lambda f: -len(f.prefix)):
-        for prefix in (f.prefix, *f.aliases):
-            if prefix and model_id.startswith(prefix):
-                return f, model_id[len(prefix) :]
-    return next(f for f in FAMILIES.entries() if f.prefix == ""), model_id
+from .base import FAMILIES, Family, family_for_id, family_of, register  # noqa: F401  (the package's API)
+from .spec import find_by_spec, model_spec, set_spec
 
 
 def sites_of(model: nn.Module, spec=None) -> list[MlpSite]:
     """The MLP sites of `model`: by `spec` (or the spec the model carries), else by the first family that
     finds any (see `vbp.find_sites`)."""
-    from .spec import find_by_spec, model_spec, set_spec
-
     if spec is not None:
         set_spec(model, spec)
     if model_spec(model):
@@ -89,6 +39,22 @@ def sites_of(model: nn.Module, spec=None) -> list[MlpSite]:
         "Name the layers yourself with a site spec (find_sites(model, spec=...), --sites "
         "'PARENTS:FC1->FC2'; see vbp.families.spec)"
     )
+
+
+def find_sites(model: nn.Module, spec=None) -> list[MlpSite]:
+    """All prunable MLP sites of `model`, in module order.
+
+    spec: user-named sites (see `vbp.families.spec`): a SiteSpec, its dict or its text form, or a list of
+        them. It stays with the model, so later calls (calibrate, prune, save) find the same sites.
+    Without a spec, the first model family (`vbp.families`) that finds sites in the model gives them.
+    Raises VbpError when there are none, naming what was looked for and any blocks that were skipped.
+    """
+    return sites_of(model, spec)
+
+
+def site_widths(model: nn.Module) -> dict[str, int]:
+    """Hidden width of every site, by site name."""
+    return {site.name: site.width for site in find_sites(model)}
 
 
 # registration order: the order families' finders are tried in

@@ -25,7 +25,7 @@ from torch import nn
 from ..activations import register_gelu
 from ..errors import VbpError
 from ..sites import MlpSite, chain_problem
-from . import register
+from .base import register
 
 TEXT_LENGTH = 128  # tokens of the input `vbp.count` counts a text model at
 

@@ -6,7 +6,7 @@ imported and called again). Name its sites with a spec (`vbp.families.spec`) unl
 
 vbp runs such a model on inputs of its input shape (what `vbp.count` counts, synthetic data, the data-flow
 check of a site spec): the `_vbp_input_shape` the builder may set, or one given (`--input-size`), or that of
-the first input of the data a command reads (`settle_input_shape`). It is saved with the model.
+the first input of the data a command reads (`vbp.commands.options.settle_input_shape`). It is saved with the model.
 """
 
 import importlib
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import VbpError
-from . import register
+from .base import register
 
 _SOURCE = "_vbp_python_source"  # {"model": "py:MODULE:FUNCTION", "kwargs": {...}} recorded by `create`
 INPUT_SHAPE = "_vbp_input_shape"  # the shape of one input, without the batch dimension (e.g. (3, 224, 224))
@@ -88,23 +88,6 @@ def parse_input_size(text: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise VbpError(f"--input-size '{text}' is not a shape; give positive sizes like 3,224,224 (C,H,W)")
     return shape
-
-
-def settle_input_shape(model: nn.Module, input_size: str | None, data: str | None, skip_bad: bool = False) -> None:
-    """Give a py: model the input shape vbp runs it at: `input_size` ('C,H,W'), else the shape it declares, else
-    that of the first input of the data `data` (None: the command reads no data). A VbpError, before any work,
-    when there is none, or when `input_size` is given for a model of another family."""
-    if not owns(model):
-        if input_size is not None:
-            raise VbpError("--input-size is for py: models; the other families know their input size")
-        return
-    if input_size is not None:
-        set_input_shape(model, parse_input_size(input_size))
-    elif input_shape(model) is None and data is not None:
-        from ..data import first_input_shape
-
-        set_input_shape(model, first_input_shape(data, model, skip_bad))
-    example_input(model)
 
 
 def example_input(model: nn.Module) -> torch.Tensor:

@@ -145,21 +145,20 @@ def _randomised(example):
 
 
 @torch.no_grad()
-def check_flow(model: nn.Module, example=None) -> None:
+def check_flow(model: nn.Module, example) -> None:
     """Raise VbpError unless every site of the model's spec is an MLP of its forward pass.
 
-    On one example input (default: what its family says, with random values), each site's producers and
+    On one example input (`vbp.models.example_input`; its values are replaced by random ones), each site's producers and
     consumer must run, and adding to one hidden channel k of the producer's output (`up` of a gated site) must
     change the consumer's input in channel k and nowhere else. Costs one forward pass, plus one up to the
     consumer per site. The families' own sites need no check: their libraries' structure gives them."""
-    from ..calibrate import run_model
-    from ..count import example_input
+    from ..batches import run_model
 
     spec = model_spec(model)
     if not spec:
         return
     sites = find_by_spec(model, spec)
-    example = _randomised(example if example is not None else example_input(model, None))
+    example = _randomised(example)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

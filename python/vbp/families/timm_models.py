@@ -12,7 +12,7 @@ from torch import nn
 from ..activations import register_gelu
 from ..errors import VbpError
 from ..sites import MlpSite, chain_problem
-from . import register
+from .base import register
 
 register_gelu("timm.layers.activations.GELU", "gelu")
 register_gelu("timm.layers.activations.GELUTanh", "gelu_tanh")

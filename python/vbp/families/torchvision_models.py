@@ -11,7 +11,7 @@ from torch import nn
 
 from ..errors import VbpError
 from ..sites import MlpSite, chain_problem
-from . import register
+from .base import register
 
 ACTIVATIONS = (nn.GELU, nn.ReLU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LeakyReLU)
 _SOURCE = "_vbp_torchvision_source"  # (name, kwargs) recorded by `create`
