@@ -38,5 +38,23 @@ GPU_PYTHON ?= $(PY)
 gpu-check: $(if $(filter $(PY),$(GPU_PYTHON)),$(STAMP))
 	$(GPU_PYTHON) scripts/gpu_check.py --out $(OUT)
 
+# The device machine's twin on this CPU machine: .venv-gpu-twin with its versions (requirements-gpu-twin.txt,
+# Python 3.12), the project imported from the working tree as there; builds the extension in place, runs the
+# prepared GPU run in CPU mode and the Triton kernel tests interpreted; pass/fail per step in TWIN_OUT/twin.md.
+.PHONY: gpu-twin
+TWIN := .venv-gpu-twin
+TWIN_PY := $(TWIN)/bin/python
+TWIN_OUT ?= out/gpu-twin
+TWIN_PYTHON ?= $(shell PYENV_VERSION=3.12.1 python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null \
+	|| ls /root/.pyenv/versions/3.12.1/bin/python3.12 2>/dev/null || echo python3)
+
+$(TWIN)/.installed: requirements-gpu-twin.txt
+	$(TWIN_PYTHON) -m venv $(TWIN)
+	$(TWIN_PY) -m pip install --quiet -r requirements-gpu-twin.txt
+	touch $@
+
+gpu-twin: $(TWIN)/.installed
+	$(TWIN_PY) scripts/gpu_twin.py --out $(TWIN_OUT)
+
 clean:
 	rm -rf $(VENV) build python/*.egg-info python/vbp/_C*.so out

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vbp.evaluate import interleaved_medians
+from vbp.timing import interleaved_medians
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # DeiT-B/S at 55%/50% pruned, DeiT-B's 1382 padded to a multiple of 8 (zero neurons), and the full widths.

@@ -7,32 +7,11 @@ and a float64 matmul per site), and vbp.prune end to end.
 import copy
 
 import pytest
-import timm
 import torch
 
 import vbp
 from vbp import ops
-from vbp.evaluate import interleaved_medians
-from vbp.stats import Moments, Stats
-
-
-@pytest.fixture(scope="module")
-def deit_base():
-    torch.manual_seed(0)
-    model = timm.create_model("deit_base_patch16_224").eval()
-    g = torch.Generator().manual_seed(0)
-    stats = Stats(
-        "deit_base_patch16_224",
-        {
-            s.name: Moments(
-                1,
-                torch.randn(s.width, generator=g, dtype=torch.float64),
-                torch.rand(s.width, generator=g, dtype=torch.float64),
-            )
-            for s in vbp.find_sites(model)
-        },
-    )
-    return model, stats, vbp.select(stats, 0.5)
+from vbp.timing import interleaved_medians
 
 
 def site_tensors(model, stats, plan):

@@ -4,7 +4,7 @@
 
 Models and rates as the paper: DeiT-B 55%, DeiT-S 50%, Swin-B 55%, ConvNeXt-B 55%. CUDA: bf16, batch 256,
 eager and torch.compile, each timed by triton.testing.do_bench (median). CPU: fp32, a small batch, the models
-timed in turn (`vbp.evaluate.latencies`), beside the paper's Xeon E5 column. Weights are random (none can be
+timed in turn (`vbp.timing.latencies`), beside the paper's Xeon E5 column. Weights are random (none can be
 downloaded here), so a global plan's widths are those of random weights; the per-layer plan's widths do not
 depend on the weights at all, so both are run and the widths are reported.
 """
@@ -19,7 +19,7 @@ import timm
 import torch
 
 import vbp
-from vbp.evaluate import latencies
+from vbp.timing import latencies
 
 # (timm name, rate, paper speed-up on H200, on Xeon E5)
 MODELS = [

@@ -16,7 +16,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from vbp_kernels.gelu_welford import _gelu_welford_kernel
+from vbp_kernels.activation_moments import _activation_moments_kernel
 from vbp_kernels.linear_activation import _linear_activation_kernel
 
 HOPPER = GPUTarget("cuda", 90, 32)
@@ -84,9 +84,9 @@ def main() -> None:
             unit = ("sx_c", "sy_c")
             divisible = (*pointers, "n_cols", "sx_outer", "sx_inner", "sy_outer", "sy_inner")
             compiled = compile_for_hopper(
-                _gelu_welford_kernel, pointers, constants, unit, divisible, num_warps=4, num_stages=2
+                _activation_moments_kernel, pointers, constants, unit, divisible, num_warps=4, num_stages=2
             )
-            report("gelu_welford", f"{dtype} write_y={write_y}", compiled)
+            report("activation_moments", f"{dtype} write_y={write_y}", compiled)
 
 
 if __name__ == "__main__":

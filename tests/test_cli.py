@@ -156,7 +156,7 @@ def test_calibrate_under_torchrun_equals_one_process(tmp_path):
 
 def test_eval_under_torchrun_sums_the_ranks_counts(tmp_path, capsys):
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    stats = vbp.calibrate(model, vbp.data.loader(vbp.digits_split("train"), 512), progress=False)
+    stats = vbp.calibrate(model, vbp.workflows.data.loader(vbp.digits_split("train"), 512), progress=False)
     vbp.save_pruned(vbp.prune(model, vbp.select(stats, 0.6), stats), tmp_path / "pruned.safetensors")
     args = ["eval", "--pruned", str(tmp_path / "pruned.safetensors"), "--batch-size", "64"]
     done = run_torchrun(29543, *args)

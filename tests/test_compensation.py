@@ -15,7 +15,7 @@ from vbp.compensation.affine import affine_predictor
 from vbp.covariance import CoMoments
 from vbp.criteria.redundancy import redundancy_scores
 from vbp.families.spec import SiteSpec
-from vbp.prune import PRUNING_RECORD
+from vbp.model_attributes import PRUNING
 
 EPS = torch.finfo(torch.float64).eps
 
@@ -192,7 +192,7 @@ def test_the_compensation_used_is_saved_with_the_model(tmp_path):
     stats = vbp.calibrate(model, [torch.randn(2, 3, 32, 32, generator=g)], covariance=True, progress=False)
     pruned = vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.3), stats, compensation="affine")
     vbp.save_pruned(pruned, tmp_path / "m.safetensors")
-    record = vbp.load_pruned(tmp_path / "m.safetensors").__dict__[PRUNING_RECORD]
+    record = vbp.load_pruned(tmp_path / "m.safetensors").__dict__[PRUNING]
     assert record == {
         "criterion": {"name": "variance", "version": 1},
         "compensation": {"name": "affine", "version": 1, "ridge": 0.01},

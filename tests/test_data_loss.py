@@ -100,7 +100,7 @@ def test_data_loss_prune_leaves_the_hf_folder_and_the_data_as_they_were(bert_fol
 def pruned_file(tmp_path_factory):
     d = tmp_path_factory.mktemp("pruned")
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    stats = vbp.calibrate(model, vbp.data.loader(vbp.digits_split("train"), 256), num_batches=1, progress=False)
+    stats = vbp.calibrate(model, vbp.workflows.data.loader(vbp.digits_split("train"), 256), num_batches=1, progress=False)
     vbp.save_pruned(vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.5), stats), d / "pruned.safetensors")
     stats.save(d / "stats.safetensors")
     return d

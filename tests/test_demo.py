@@ -1,7 +1,7 @@
 """The embedded default: committed weights are really trained, and the demo's job holds together."""
 
-from vbp.demo import run_demo
-from vbp.digits import ARCHITECTURE
+from vbp.families.embedded import ARCHITECTURE
+from vbp.workflows.demo import run_demo
 
 
 def test_demo_prunes_half_and_reloads(tmp_path):

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from vbp.distill import kd_loss
+from vbp.workflows.distill import kd_loss
 
 
 def hand_kd(s, t, labels, alpha, temp, smoothing):

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import vbp
-from vbp.evaluate import accuracy, interleaved_medians, latency_images
+from vbp.timing import interleaved_medians
+from vbp.workflows.evaluate import accuracy, latency_images
 
 
 class FixedLogits(nn.Module):

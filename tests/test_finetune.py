@@ -10,9 +10,9 @@ from conftest import run_torchrun
 from torch.utils.data import Subset
 
 import vbp
-from vbp import finetune as finetune_module
-from vbp.data import loader
-from vbp.finetune import FinetuneConfig, finetune
+from vbp.workflows import finetune as finetune_module
+from vbp.workflows.data import loader
+from vbp.workflows.finetune import FinetuneConfig, finetune
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,12 @@ def test_worst_case_plan_clips_every_limit_to_the_budget():
     assert any(r["skipped"] or r["limit_s"] < s.limit_s for s, r in zip(gpu_check.STEPS, rows))
 
 
+def test_plan_leaves_out_what_cannot_run_here():
+    rows = gpu_check.plan(available=lambda s: "" if s.needs == "any" else "no CUDA device")
+    assert [r["step"] for r in rows if r["limit_s"]] == ["cuda_tests"]
+    assert all(r["skipped"] == "skipped: no CUDA device" for r in rows if r["step"] != "cuda_tests")
+
+
 def test_allot_clips_to_what_is_left_and_skips_below_the_minimum():
     step = gpu_check.Step("x", limit_s=100, min_s=30, needs="any", what="")
     assert gpu_check.allot(step, 500) == (100, "")
@@ -85,6 +91,27 @@ def test_results_are_written_before_the_first_step_and_read_the_goals(tmp_path):
     assert goals["calibration"]["met"] is True and "triton 0.95" in goals["calibration"]["value"]
     assert goals["table12"]["met"] is True and "1.52x compiled" in goals["table12"]["value"]
     assert goals["stats_kernel"]["met"] is None and goals["compact_mlp"]["met"] is None
+
+
+def test_goals_are_read_from_the_lines_the_benchmarks_print(tmp_path):
+    table12_spec = importlib.util.spec_from_file_location("table12", SCRIPT.parents[1] / "benchmarks" / "table12.py")
+    table12 = importlib.util.module_from_spec(table12_spec)
+    table12_spec.loader.exec_module(table12)
+    row = {"model": "deit_base_patch16_224", "rate": 0.55, "scope": "layer", "ms": {"full": 40.0}, "flop_ideal": 1.54,
+           "paper_speedup": 1.44, "speedup": {"pruned": 1.3, "pruned+compact": 1.45, "pruned compiled": 1.35,
+                                              "pruned+compact compiled": 1.49}}
+    (tmp_path / "table12.log").write_text(table12._line(row) + "\n")
+    (tmp_path / "stats_kernel.log").write_text(
+        ".{'copy_GBps': 4300.0, 'kernel_GBps': 3600.0, 'kernel_vs_copy': 0.837, 'kernel_with_output_GBps': 4000.0, "
+        "'speedup_vs_eager': 5.0, 'speedup_vs_compile': 1.5, 'ms': {'copy': 0.14}}\n")
+    (tmp_path / "compact_mlp.log").write_text(  # bench_compact_mlp.py's row on CUDA
+        "\n| 768->1382->768 | bfloat16 | 50432 | compact_mlp 0.5 | eager 0.7 | compile 0.6 | triton 0.55 | 1.40x | 1.20x |"
+        "\n.\n| 768->1384->768 | bfloat16 | 197 | compact_mlp 0.02 | eager 0.02 | compile 0.03 | triton 0.02 | 1.00x | "
+        "1.50x |\n.")
+    goals = gpu_check.read_goals(tmp_path)
+    assert goals["table12"]["met"] is False and goals["table12"]["value"] == "layer plan: 1.45x eager, 1.49x compiled"
+    assert goals["stats_kernel"]["met"] is True and goals["stats_kernel"]["value"].startswith("84% of copy")
+    assert goals["compact_mlp"]["met"] is True and "1384 bfloat16 197 tokens: 1.00x eager" in goals["compact_mlp"]["value"]
 
 
 @pytest.mark.parametrize("step", gpu_check.STEPS, ids=lambda s: s.name)

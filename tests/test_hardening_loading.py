@@ -253,9 +253,9 @@ def test_images_are_read_at_a_timm_models_own_img_size_message(tmp_path):
     for i in range(2):
         Image.fromarray((torch.rand(40, 48, 3, generator=G) * 255).to(torch.uint8).numpy()).save(tmp_path / f"{i}.png")
     model = vbp.create_model("deit_tiny_patch16_224", img_size=32)
-    data = vbp.data.dataset(str(tmp_path), model)
+    data = vbp.workflows.data.dataset(str(tmp_path), model)
     assert data[0][0].shape == (3, 32, 32)
-    stats = vbp.calibrate(model, vbp.data.loader(data, 2), progress=False)
+    stats = vbp.calibrate(model, vbp.workflows.data.loader(data, 2), progress=False)
     assert all(m.count == 2 * 5 for m in stats.sites.values())  # 4 patches + the class token per image
 
 

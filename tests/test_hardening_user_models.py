@@ -308,7 +308,7 @@ def test_message_text_model_with_image_data_says_give_a_text_file(text_model, tm
 
 def test_message_synthetic_data_for_a_text_model_is_token_ids_of_its_vocabulary(text_model, tmp_path):
     model = vbp.create_model(text_model)
-    ids = vbp.data.dataset("synthetic", model, num_images=5).tensors[0]
+    ids = vbp.workflows.data.dataset("synthetic", model, num_images=5).tensors[0]
     assert ids.shape == (5, 128) and ids.dtype == torch.int64
     assert 0 <= int(ids.min()) and int(ids.max()) < 50 and len(ids.unique()) > 25
     stats = tmp_path / "s.safetensors"
@@ -373,7 +373,7 @@ def test_message_skip_bad_images_reports_how_many_were_left_out(tmp_path, capsys
 
 def test_message_num_batches_beyond_the_data_ends_the_bar_at_the_real_total(capsys):
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    data = vbp.data.loader(torch.utils.data.Subset(vbp.digits_split("train"), range(30)), 10)  # 3 batches
+    data = vbp.workflows.data.loader(torch.utils.data.Subset(vbp.digits_split("train"), range(30)), 10)  # 3 batches
     vbp.calibrate(model, data, num_batches=100)
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
     last = [line for line in bar if "calibrate" in line][-1]
@@ -381,7 +381,7 @@ def test_message_num_batches_beyond_the_data_ends_the_bar_at_the_real_total(caps
 
 
 def test_message_finetune_bar_ends_at_the_batches_it_runs(capsys):
-    from vbp.finetune import FinetuneConfig, finetune
+    from vbp.workflows.finetune import FinetuneConfig, finetune
 
     student = vbp.create_model("vbp_digits_vit", pretrained=True)
     train = torch.utils.data.Subset(vbp.digits_split("train"), range(64))  # 8 batches of 8

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import vbp
-from vbp import minilm, text
 from vbp.cli import main
+from vbp.workflows import minilm, text
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ import vbp
 from vbp.activations import GELU_CLASSES, gelu_kind, qualified_name, register_gelu
 from vbp.cli import main
 from vbp.compensation import SiteFold
-from vbp.data import loader
-from vbp.evaluate import accuracy
 from vbp.method import Method, needs_covariance
-from vbp.prune import PRUNING_RECORD
+from vbp.model_attributes import PRUNING
 from vbp.registry import Registry
-from vbp.sweep import sweep
+from vbp.workflows.data import loader
+from vbp.workflows.evaluate import accuracy
+from vbp.workflows.sweep import sweep
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def test_outside_criterion_and_compensation_in_select_and_prune():
         # a fold is linear in the value held: half the mean is halfway between no compensation and the mean
         halves = [vbp.prune(copy.deepcopy(model), plan, stats, compensation=c)[0].fc2.bias for c in ("none", "mean")]
         torch.testing.assert_close(pruned[0].fc2.bias, sum(halves) / 2, rtol=1e-14, atol=1e-14)
-        assert pruned.__dict__[PRUNING_RECORD]["compensation"] == {"name": "partmean", "version": 1, "fraction": 0.5}
+        assert pruned.__dict__[PRUNING]["compensation"] == {"name": "partmean", "version": 1, "fraction": 0.5}
         assert not needs_covariance("mine", "partmean") and needs_covariance("mine", vbp.Affine())
         with pytest.raises(vbp.VbpError, match="partmean compensation needs the statistics"):
             vbp.prune(copy.deepcopy(model), plan, compensation=PartMean(0.25))
@@ -162,7 +162,7 @@ def test_outside_strategies_in_the_cli(tmp_path, capsys):
         assert main([*args, "--criterion", "mine", "--compensation", "partmean"]) == 0
     # saved files name the outside strategies and still load without them
     loaded = vbp.load_pruned(out / "model.safetensors")
-    assert loaded.__dict__[PRUNING_RECORD] == {
+    assert loaded.__dict__[PRUNING] == {
         "criterion": {"name": "mine", "version": 1, "scale": 1.0},
         "compensation": {"name": "partmean", "version": 1, "fraction": 0.5},
         "ratio": 0.5,
@@ -231,7 +231,7 @@ def test_saved_model_records_versioned_dicts_and_older_files_load(tmp_path):
         "ratio": 0.3,
     }
     assert meta["pruning"] == want
-    record = vbp.load_pruned(path).__dict__[PRUNING_RECORD]
+    record = vbp.load_pruned(path).__dict__[PRUNING]
     assert record == want and vbp.Compensation.resolve(record["compensation"]) == vbp.Affine(ridge=0.05)
 
     # the same model as vbp wrote it before typed configs: names, and affine's ridge beside them
@@ -245,7 +245,7 @@ def test_saved_model_records_versioned_dicts_and_older_files_load(tmp_path):
     ):
         save_file(load_file(path), tmp_path / "old.safetensors", metadata={"vbp": json.dumps({**meta, "pruning": old})})
         loaded = vbp.load_pruned(tmp_path / "old.safetensors")
-        assert loaded.__dict__[PRUNING_RECORD] == upgraded
+        assert loaded.__dict__[PRUNING] == upgraded
         with torch.no_grad():
             torch.testing.assert_close(loaded(x), pruned(x), rtol=0, atol=0)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import vbp
-from vbp import stats as stats_module
+from vbp import chan
 from vbp.stats import Moments, Stats
 
 
@@ -38,7 +38,7 @@ def test_large_mean_tiny_variance_where_naive_formula_fails():
 
 
 def test_merge_of_split_batches_equals_whole(monkeypatch):
-    monkeypatch.setattr(stats_module, "_CHUNK_ELEMENTS", 64)  # also exercises chunking inside one batch
+    monkeypatch.setattr(chan, "CHUNK_ELEMENTS", 64)  # also exercises chunking inside one batch
     x = torch.randn(1001, 13, generator=torch.Generator().manual_seed(2)) + 50
     acc = Moments.zeros(13)
     for part in x.split([1, 500, 7, 493]):

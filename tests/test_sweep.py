@@ -8,10 +8,10 @@ from torch.utils.data import Subset
 
 import vbp
 from vbp.cli import main
-from vbp.data import loader
-from vbp.finetune import FinetuneConfig
 from vbp.method import Method
-from vbp.sweep import sweep, table_markdown
+from vbp.workflows.data import loader
+from vbp.workflows.finetune import FinetuneConfig
+from vbp.workflows.sweep import sweep, table_markdown
 
 
 def test_sweep_rows_agree_with_count():
@@ -131,6 +131,6 @@ def test_sweep_takes_the_selection_options_prune_takes(tmp_path, capsys):
     assert all(len(k) % 8 == 0 for k in plan.keep.values())
     pruned = vbp.prune(copy.deepcopy(model), plan, stats, compensation=vbp.Affine(ridge=0.1))
     assert row["gmacs"] == vbp.count(pruned)[0] / 1e9
-    assert row["retention_top1"] == vbp.evaluate.accuracy(pruned, loader(vbp.digits_split("test"), 256))["top1"]
+    assert row["retention_top1"] == vbp.workflows.evaluate.accuracy(pruned, loader(vbp.digits_split("test"), 256))["top1"]
     assert main(["sweep", *options, "--methods", "variance+mean,random", "--ridge", "0.1"]) == 2
     assert "no method of --methods uses it" in capsys.readouterr().err

@@ -11,7 +11,6 @@ from .compact import CompactMlp, compact
 from .compensation import COMPENSATIONS, Affine, Compensation, Mean, NoCompensation
 from .count import count
 from .criteria import CRITERIA, Criterion, Magnitude, Random, Redundancy, Variance, WeightedVariance
-from .digits import digits_split
 from .errors import VbpError
 from .families import find_sites
 from .families.spec import SiteSpec
@@ -21,6 +20,7 @@ from .prune import prune
 from .select import select
 from .sites import MlpSite
 from .stats import Moments, Stats
+from .workflows.digits import digits_split
 
 try:
     __version__ = _metadata.version("vbp")

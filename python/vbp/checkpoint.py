@@ -1,6 +1,6 @@
 """Save and load pruned models of any family: safetensors weights plus JSON (where the architecture comes
 from, the site spec if any, every site's width and whether its consumer has a bias, and how it was pruned:
-criterion and compensation as versioned dicts, `vbp.prune.PRUNING_RECORD`).
+criterion and compensation as versioned dicts, `vbp.model_attributes.PRUNING`).
 
 Loading rebuilds the architecture through its family (`vbp.families`: a timm name and kwargs, an HF class
 and config, a torchvision name, a Python builder), narrows each MLP site to its saved width and loads the
@@ -17,8 +17,9 @@ from .errors import VbpError
 from .families import find_sites
 from .families.spec import model_spec
 from .files import read_safetensors, write_safetensors
+from .model_attributes import PRUNING
 from .models import build_model, model_source
-from .prune import PRUNING_RECORD, current_record
+from .prune import current_record
 
 FORMAT = "vbp-model/2"
 FORMAT_V1 = "vbp-model/1"
@@ -65,7 +66,7 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, name: str | None = No
             f"'{source['model']}' with {source.get('kwargs', {})} does not rebuild this model (first mismatched keys: "
             f"{mismatched[:3] or sorted(set(skeleton) - set(state))[:3]}); pass the right name= and kwargs="
         )
-    pruning = model.__dict__.get(PRUNING_RECORD)
+    pruning = model.__dict__.get(PRUNING)
     write_safetensors(path, state, {"format": FORMAT, "source": source, "spec": spec, "sites": sites, "pruning": pruning})
 
 
@@ -90,5 +91,5 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu") -> 
     except RuntimeError as exc:
         raise VbpError(f"{path} does not match the model it names ('{source['model']}'): {exc}") from exc
     if isinstance(meta.get("pruning"), dict):
-        model.__dict__[PRUNING_RECORD] = current_record(meta["pruning"])  # older files name strategies by strings
+        model.__dict__[PRUNING] = current_record(meta["pruning"])  # older files name strategies by strings
     return model.to(device).eval()

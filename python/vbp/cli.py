@@ -9,7 +9,7 @@ import warnings
 
 from .commands import COMMANDS
 from .errors import VbpError
-from .unreadable import unreadable_report
+from .workflows.unreadable import unreadable_report
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

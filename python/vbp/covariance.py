@@ -13,9 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .chan import chan_merge, row_chunks
 from .errors import VbpError
-
-_CHUNK_ELEMENTS = 1 << 24  # rows of a batch reduced at once, as for the moments
 
 # The ridge of solves with a site's covariance (affine compensation, the redundancy criterion), relative to the
 # neurons' mean variance; 1e-2 was chosen by measurement (docs/compensation.md).
@@ -43,12 +42,10 @@ class CoMoments:
     @classmethod
     def of(cls, x: torch.Tensor, shift: torch.Tensor | None = None) -> "CoMoments":
         """Co-moments of x [N, C] over its rows; `shift` [C]: a reference near the mean (default: the first row)."""
-        if x.dim() != 2 or not x.is_floating_point():
-            raise VbpError(f"expected a floating [N, C] tensor, got {x.dtype} of shape {tuple(x.shape)}")
+        chunks = row_chunks(x)
         shift = (x[0] if shift is None else shift).to(x.dtype)
         acc = cls.zeros(x.shape[1], x.device)
-        rows = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
-        for chunk in x.split(rows):
+        for chunk in chunks:
             acc = acc.merge(cls._batch(chunk, shift))
         return acc
 
@@ -69,15 +66,8 @@ class CoMoments:
         """Chan et al.'s co-moment combination of two disjoint sets of samples."""
         if other.mean.shape != self.mean.shape:
             raise VbpError(f"cannot merge a covariance of {other.mean.numel()} neurons into {self.mean.numel()}")
-        n = self.count + other.count
-        if other.count == 0:
-            return self
-        if self.count == 0:
-            return other
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        comoment = self.comoment + other.comoment + torch.outer(delta, delta) * (self.count * other.count / n)
-        return CoMoments(n, mean, comoment)
+        outer = lambda d: torch.outer(d, d)  # noqa: E731
+        return CoMoments(*chan_merge(self.count, self.mean, self.comoment, other.count, other.mean, other.comoment, outer))
 
     @property
     def covariance(self) -> torch.Tensor:

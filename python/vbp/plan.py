@@ -26,10 +26,18 @@ def _criterion(value) -> str | dict:
     return value
 
 
+def _target(value) -> dict | None:
+    """A plan's latency target from JSON: a dict, or None (plans selected by ratio)."""
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"a target must be a dict, got {value!r}")
+    return value
+
+
 @dataclass
 class Plan:
-    """model: timm name; ratio, scope, criterion: how it was chosen (the criterion's versioned dict, or its
-    name); widths: original width per site; keep: sorted indices of the kept neurons per site."""
+    """model: the id of the model it was made for (`vbp.create_model`); ratio, scope, criterion: how it was
+    chosen (the criterion's versioned dict, or its name); widths: original width per site; keep: sorted indices of the kept neurons per site; target: for a
+    plan selected to a latency target, the target and the table's prediction (see `vbp.latency.keep_for_target`)."""
 
     model: str
     ratio: float
@@ -37,6 +45,7 @@ class Plan:
     widths: dict[str, int]
     keep: dict[str, list[int]]
     criterion: str | dict = "variance"
+    target: dict | None = None
 
     def kept(self, site: str) -> torch.Tensor:
         """Kept neuron indices of a site, int64 [K], ascending."""
@@ -67,6 +76,8 @@ class Plan:
             "widths": self.widths,
             "keep": self.keep,
         }
+        if self.target is not None:
+            doc["target"] = self.target
         write_text_atomic(path, json.dumps(doc))
 
     @classmethod
@@ -88,6 +99,7 @@ class Plan:
                 {str(k): int(v) for k, v in doc["widths"].items()},
                 {str(k): [_index(i) for i in v] for k, v in doc["keep"].items()},
                 _criterion(doc.get("criterion", "variance")),
+                _target(doc.get("target")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VbpError(f"{path} is a malformed vbp plan ({exc!r}); make it again with vbp prune --output") from exc

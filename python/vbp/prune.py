@@ -9,6 +9,7 @@ from torch import nn
 from .compensation import Affine, Compensation, SiteFold
 from .errors import VbpError
 from .families import find_sites
+from .model_attributes import PRUNING
 from .model_ids import canonical_id
 from .models import model_name
 from .ops import slice_mlp
@@ -17,7 +18,6 @@ from .stats import Stats
 
 # how a model was pruned, saved with it: {"criterion": dict, "compensation": dict, "ratio": float}, the
 # strategies as their versioned dicts (`Strategy.to_dict`)
-PRUNING_RECORD = "_vbp_pruning"
 
 
 @torch.no_grad()
@@ -72,7 +72,7 @@ def prune(
         producers = [(w1_kept, b1_kept if b1 is not None else None)]
         producers += [(w[keep], b[keep] if b is not None else None) for w, b in others]  # a gated MLP's up
         site.narrow(producers, (w2_kept, b2))
-    model.__dict__[PRUNING_RECORD] = record
+    model.__dict__[PRUNING] = record
     return model
 
 

@@ -1,6 +1,7 @@
 """Choose which neurons to prune: the lowest-scored go first (VBP scores by activation variance)."""
 
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -9,6 +10,9 @@ from .criteria import Criterion, neuron_scores
 from .errors import VbpError
 from .plan import Plan
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from .latency import LatencyTable
 
 SCOPES = ("global", "layer")
 
@@ -39,13 +43,17 @@ def check_ratio(ratio: float) -> float:
 
 def select(
     stats: Stats,
-    ratio: float,
+    ratio: float | None = None,
     scope: str = "global",
     min_keep: int = 1,
     round_to: int = 1,
     criterion: "str | dict | Criterion" = "variance",
     model: nn.Module | None = None,
     seed: int = 0,
+    *,
+    target_speedup: float | None = None,
+    latency_budget_ms: float | None = None,
+    latency: "LatencyTable | None" = None,
 ) -> Plan:
     """A Plan that removes `ratio` of all MLP hidden neurons, those of lowest variance.
 
@@ -57,8 +65,21 @@ def select(
     layers); scope="layer" removes `ratio` of each site. Every site keeps at least `min_keep` neurons
     (its highest-variance ones). round_to=N then rounds each kept width to the nearest multiple of N
     (at least N, at most the full width), which moves the total slightly off `ratio`.
+
+    Instead of `ratio`, target_speedup=X (or latency_budget_ms=T) with `latency`, a `vbp.latency.LatencyTable`
+    of the model: the widths (measured ones, multiples of round_to, at least min_keep) that keep the most score
+    of `criterion` with a predicted speed-up of at least X (latency of at most T ms), chosen by an exact
+    knapsack (`vbp.latency.knapsack`); the plan has scope "latency" and records target and prediction.
     """
-    check_ratio(ratio)
+    targeted = target_speedup is not None or latency_budget_ms is not None
+    if (ratio is None) != targeted:
+        raise VbpError("give select either ratio or a latency target (target_speedup= or latency_budget_ms=)")
+    if targeted and latency is None:
+        raise VbpError("a latency target needs latency=, the model's LatencyTable (vbp.latency.profile)")
+    if targeted and scope != "global":
+        raise VbpError(f"scope='{scope}' applies to a ratio; a latency target chooses every site's width itself")
+    if not targeted:
+        check_ratio(ratio)
     if not stats.sites:
         raise VbpError("the statistics hold no MLP sites; calibrate a model that has some")
     if scope not in SCOPES:
@@ -67,6 +88,12 @@ def select(
     check_selection_options(widths, min_keep, round_to)
     criterion = Criterion.resolve(criterion)
     scores = neuron_scores(criterion, stats, model, seed)
+    if targeted:
+        from .latency.knapsack import keep_for_target
+
+        keep, target = keep_for_target(scores, latency, target_speedup, latency_budget_ms, min_keep, round_to)
+        pruned_fraction = 1 - sum(map(len, keep.values())) / sum(widths.values())
+        return Plan(stats.model, pruned_fraction, "latency", dict(widths), keep, criterion.to_dict(), target)
 
     if scope == "layer":
         n_pruned = {name: min(round(ratio * w), w - min_keep) for name, w in widths.items()}

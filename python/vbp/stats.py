@@ -11,13 +11,12 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from .chan import chan_merge, row_chunks
 from .covariance import CoMoments
 from .errors import VbpError
 from .files import read_safetensors, write_safetensors
 from .model_ids import canonical_id
 
-# Rows of a batch reduced at once: bounds the float64 copy to ~128 MB whatever the batch size.
-_CHUNK_ELEMENTS = 1 << 24
 FORMAT = "vbp-stats/2"  # version 2 may hold covariances; version 1 files (moments only) still load
 FORMAT_V1 = "vbp-stats/1"
 
@@ -38,11 +37,9 @@ class Moments:
     @classmethod
     def of(cls, x: torch.Tensor) -> "Moments":
         """Moments of x [N, C] over its N rows (every row one sample)."""
-        if x.dim() != 2 or not x.is_floating_point():
-            raise VbpError(f"expected a floating [N, C] tensor, got {x.dtype} of shape {tuple(x.shape)}")
+        chunks = row_chunks(x)
         acc = cls.zeros(x.shape[1], x.device)
-        rows = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
-        for chunk in x.split(rows):
+        for chunk in chunks:
             var, mean = torch.var_mean(chunk.double(), dim=0, correction=0)
             acc = acc.merge(cls(chunk.shape[0], mean, var * chunk.shape[0]))
         return acc
@@ -51,13 +48,7 @@ class Moments:
         """Chan et al.'s parallel combination of two disjoint sets of samples."""
         if other.mean.shape != self.mean.shape:
             raise VbpError(f"cannot merge statistics of {other.mean.numel()} neurons into {self.mean.numel()}")
-        n = self.count + other.count
-        if n == 0:
-            return self
-        delta = other.mean - self.mean
-        mean = self.mean + delta * (other.count / n)
-        m2 = self.m2 + other.m2 + delta.square() * (self.count * other.count / n)
-        return Moments(n, mean, m2)
+        return Moments(*chan_merge(self.count, self.mean, self.m2, other.count, other.mean, other.m2, torch.square))
 
     @property
     def variance(self) -> torch.Tensor:

@@ -14,8 +14,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from ..demo import run_demo
-    from ..text_demo import run_text_demo
+    from ..workflows.demo import run_demo
+    from ..workflows.text_demo import run_text_demo
     from .paths import check_outputs_spare_inputs
 
     check_outputs_spare_inputs(NAME, args)

@@ -6,10 +6,11 @@ import json
 from ..checkpoint import load_pruned
 from ..compact import KERNELS, compact
 from ..errors import VbpError
-from ..evaluate import accuracy, latencies, latency_images, retention
 from ..families import site_widths
 from ..files import check_writable, write_text_atomic
 from ..select import check_ratio, check_selection_options
+from ..timing import latencies
+from ..workflows.evaluate import accuracy, latency_images, retention
 from .options import (
     add_data_args,
     add_model_args,

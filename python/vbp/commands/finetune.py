@@ -4,11 +4,11 @@ import json
 from pathlib import Path
 
 from ..checkpoint import load_pruned, save_pruned
-from ..data import dataset
 from ..errors import VbpError
 from ..files import check_writable
-from ..finetune import FinetuneConfig, finetune
 from ..models import create_model
+from ..workflows.data import dataset
+from ..workflows.finetune import FinetuneConfig, finetune
 from .options import add_data_args, add_model_args, add_resume_args, check_resume_args, reference_of, val_dataset
 from .paths import FINETUNE_FILES, check_outputs_spare_inputs
 from .session import distributed_session

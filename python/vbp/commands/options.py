@@ -14,19 +14,20 @@ from ..calibrate import calibrate
 from ..compensation import COMPENSATIONS, Affine, Compensation
 from ..covariance import DEFAULT_RIDGE
 from ..criteria import CRITERIA
-from ..data import check_data, dataset, first_input_shape, loader
-from ..digits import MODEL_NAME
 from ..distributed import shard
 from ..errors import VbpError
 from ..families import family_for_id, find_sites, python_builder, site_widths
+from ..families.embedded import MODEL_NAME
 from ..families.spec import check_flow
 from ..fingerprint import weights_fingerprint
+from ..latency.profile import RUNTIMES
 from ..method import needs_covariance
 from ..models import create_model, example_input, model_name
 from ..prune import prune
 from ..recorder import BACKENDS
 from ..select import SCOPES, select
 from ..stats import Stats
+from ..workflows.data import check_data, dataset, first_input_shape, loader
 
 
 def add_model_args(p: argparse.ArgumentParser, input_size: bool = True) -> None:
@@ -107,6 +108,22 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--min-keep", type=int, default=1, help="keep at least this many neurons per MLP")
     p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
+
+
+def add_latency_args(p: argparse.ArgumentParser) -> None:
+    """--latency-batch and --runtime: the batch and runtime a latency table is measured for."""
+    p.add_argument(
+        "--latency-batch",
+        type=int,
+        metavar="N",
+        help="inputs per batch the latency is measured at (the model's example input repeated)",
+    )
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        help=f"how the pruned model will run: as it is (eager) or after vbp.compact (compact); default "
+        f"{RUNTIMES[0]}, or that of --latency-table",
+    )
 
 
 def add_stats_args(p: argparse.ArgumentParser) -> None:
@@ -302,8 +319,9 @@ def reference_of(pruned: nn.Module, pretrained: bool, checkpoint: str | None, nu
     return load_model(name, {**source.get("kwargs", {}), **weights}, device)  # warns of random weights too
 
 
-def pruned_model(args, model, stats):
-    """(plan, pruned copy of `model`) by the pruning options of `args`."""
+def pruned_model(args, model, stats, latency=None):
+    """(plan, pruned copy of `model`) by the pruning options of `args` (a --target-speedup by the
+    `vbp.latency.LatencyTable` `latency`)."""
     plan = select(
         stats,
         args.ratio,
@@ -312,5 +330,8 @@ def pruned_model(args, model, stats):
         round_to=args.round_to,
         criterion=args.criterion,
         model=model,
+        target_speedup=getattr(args, "target_speedup", None),
+        latency_budget_ms=getattr(args, "latency_budget_ms", None),
+        latency=latency,
     )
     return plan, prune(copy.deepcopy(model), plan, stats, compensation=compensation_of(args))

@@ -52,6 +52,10 @@ def command_outputs(command: str, args) -> dict[Path, str]:
     outputs: dict[Path, str] = {}
     if command == "calibrate":
         outputs = {Path(args.stats): "--stats", Path(f"{args.stats}.partial"): "--stats (its .partial)"}
+    if command == "profile":
+        outputs = {Path(args.output): "--output"}
+    if command == "prune" and get("latency_table"):  # written when prune measures it
+        outputs[Path(args.latency_table)] = "--latency-table"
     folder_files = {"prune": PRUNE_FILES, "finetune": FINETUNE_FILES, "sweep": SWEEP_FILES, "demo": DEMO_FILES}
     if get("output") and command in folder_files:
         outputs.update({Path(args.output) / name: "--output" for name in folder_files[command]})

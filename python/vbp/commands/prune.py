@@ -3,12 +3,16 @@
 from pathlib import Path
 
 from ..checkpoint import save_pruned
+from ..errors import VbpError
 from ..families import site_widths
 from ..files import check_writable
-from ..report import format_summary, summarize, write_summary
+from ..latency import LatencyTable, measure_speedup, table_for
+from ..latency.profile import RUNTIMES, check_batch
 from ..select import check_ratio, check_selection_options
+from ..workflows.report import format_summary, summarize, write_summary
 from .options import (
     add_data_args,
+    add_latency_args,
     add_model_args,
     add_selection_args,
     add_stats_args,
@@ -27,7 +31,24 @@ HELP = "prune the lowest-variance MLP neurons, with mean-shift (or affine) compe
 def add_arguments(p) -> None:
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--ratio", type=float, required=True, help="fraction of all MLP hidden neurons to remove, in [0, 1)")
+    p.add_argument("--ratio", type=float, help="fraction of all MLP hidden neurons to remove, in [0, 1)")
+    p.add_argument(
+        "--target-speedup",
+        type=float,
+        metavar="X",
+        help="instead of --ratio: the widths that keep the most score with a predicted end-to-end speed-up of X "
+        "(a latency table: --latency-table, or measured now at --latency-batch)",
+    )
+    p.add_argument(
+        "--latency-budget-ms", type=float, metavar="MS", help="instead of --ratio: a predicted latency of MS"
+    )
+    p.add_argument(
+        "--latency-table",
+        metavar="FILE",
+        help="a table from `vbp profile` (reused when it was measured for this model, batch, runtime and machine); "
+        "measured and written there when it does not exist",
+    )
+    add_latency_args(p)
     add_selection_args(p)
     add_stats_args(p)
     p.add_argument("--output", help="folder to write model.safetensors, plan.json (and stats.safetensors) to")
@@ -35,7 +56,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    check_ratio(args.ratio)
+    check_target_args(args)
     compensation_of(args)  # contradictory options end here, before any work
     check_stats_args(args)
     check_outputs_spare_inputs(NAME, args)
@@ -43,9 +64,12 @@ def run(args) -> None:
         check_writable(path)
     model = model_of(args, reads_data=not args.stats)
     check_selection_options(site_widths(model), args.min_keep, args.round_to)
+    table = latency_table_of(args, model)
     stats = stats_for(args, model)
-    plan, pruned = pruned_model(args, model, stats)
-    summary = summarize(model, pruned, args.model, args.ratio)
+    plan, pruned = pruned_model(args, model, stats, table)
+    summary = summarize(model, pruned, args.model, plan.ratio)
+    if table is not None or args.latency_batch:
+        summary["latency"] = latency_summary(args, model, pruned, plan, table, summary)
     print(format_summary(summary))
     if args.output:
         out = Path(args.output)
@@ -57,3 +81,58 @@ def run(args) -> None:
     if args.summary:
         write_summary(args.summary, summary)
         print(f"wrote {args.summary}")
+
+
+def check_target_args(args) -> None:
+    """One of --ratio, --target-speedup and --latency-budget-ms; a target needs a table or a batch to measure one at."""
+    given = [o for o, v in (("--ratio", args.ratio), ("--target-speedup", args.target_speedup),
+                            ("--latency-budget-ms", args.latency_budget_ms)) if v is not None]
+    if len(given) != 1:
+        raise VbpError(f"give one of --ratio, --target-speedup and --latency-budget-ms, not {' and '.join(given) or 'none'}")
+    if args.ratio is not None:
+        check_ratio(args.ratio)
+    if args.target_speedup is not None and not args.target_speedup > 1:
+        raise VbpError(f"--target-speedup must be above 1 (1.5 is 1.5x faster), got {args.target_speedup}")
+    if args.latency_budget_ms is not None and not args.latency_budget_ms > 0:
+        raise VbpError(f"--latency-budget-ms must be positive, got {args.latency_budget_ms}")
+    if args.latency_batch is not None:
+        check_batch(args.latency_batch)
+    has_table = args.latency_table is not None and Path(args.latency_table).exists()
+    if args.ratio is None and args.latency_batch is None and not has_table:
+        raise VbpError(
+            f"{given[0]} needs a latency table: give --latency-table FILE (from vbp profile) or --latency-batch N "
+            "to measure one now"
+        )
+
+
+def latency_table_of(args, model) -> LatencyTable | None:
+    """The table of --latency-table (checked against the model, --latency-batch and --runtime, whose defaults are
+    the table's), or one measured now for a target; None for a --ratio run without a table."""
+    if args.ratio is not None and args.latency_table is None:
+        return None
+    existing = LatencyTable.load(args.latency_table) if args.latency_table and Path(args.latency_table).exists() else None
+    batch = args.latency_batch or (existing.key["batch"] if existing else None)
+    args.runtime = args.runtime or (existing.key["runtime"] if existing else RUNTIMES[0])
+    if batch is None:
+        raise VbpError(f"{args.latency_table} does not exist: give --latency-batch N to measure the table there")
+    table = table_for(model, batch, args.runtime, args.latency_table)
+    if existing is None and args.latency_table:
+        print(f"wrote the latency table to {args.latency_table}")
+    return table
+
+
+def latency_summary(args, model, pruned, plan, table: LatencyTable | None, summary: dict) -> dict:
+    """The runtime and batch, the target, the table's predicted and (with --latency-batch) the measured speed-up
+    of the pruned model over the unpruned one (timed in turn), and the speed-up MACs alone would give."""
+    result = {"runtime": args.runtime or RUNTIMES[0], "batch": args.latency_batch or table.key["batch"],
+              "mac_speedup": summary["macs_full_g"] / summary["macs_g"]}
+    if plan.target is not None:
+        result.update(target_speedup=plan.target["target_speedup"], latency_budget_ms=plan.target["latency_budget_ms"])
+    if table is not None:
+        result.update(predicted_speedup=table.predict_speedup(plan.kept_widths),
+                      predicted_ms=table.predict_ms(plan.kept_widths), table_full_ms=table.full_ms)
+    if args.latency_batch:
+        measured = measure_speedup(model, pruned, args.latency_batch, result["runtime"])
+        result.update(measured_speedup=measured["speedup"], latency_ms=measured["latency_ms"],
+                      reference_latency_ms=measured["reference_latency_ms"])
+    return result

@@ -4,12 +4,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..compensation import Affine
-from ..data import dataset
 from ..errors import VbpError
 from ..families import site_widths
 from ..files import check_writable
-from ..finetune import FinetuneConfig
 from ..select import check_selection_options
+from ..workflows.data import dataset
+from ..workflows.finetune import FinetuneConfig
 from .options import (
     add_data_args,
     add_model_args,
@@ -26,7 +26,7 @@ HELP = "prune at many rates by several methods; Table 10-shaped table and figure
 
 
 def add_arguments(p) -> None:
-    from ..sweep import DEFAULT_METHODS
+    from ..workflows.sweep import DEFAULT_METHODS
 
     add_model_args(p)
     add_data_args(p)
@@ -50,8 +50,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> None:
-    from ..figures import sweep_figures  # matplotlib: imported when used
-    from ..sweep import parse_rates, sweep, table_markdown, write_tables
+    from ..workflows.figures import sweep_figures  # matplotlib: imported when used
+    from ..workflows.sweep import parse_rates, sweep, table_markdown, write_tables
 
     rates = parse_rates(args.rates)
     methods = _methods(args)

@@ -16,10 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import VbpError
+from ..model_attributes import INPUT_SHAPE, PYTHON_SOURCE
 from .base import register
-
-_SOURCE = "_vbp_python_source"  # {"model": "py:MODULE:FUNCTION", "kwargs": {...}} recorded by `create`
-INPUT_SHAPE = "_vbp_input_shape"  # the shape of one input, without the batch dimension (e.g. (3, 224, 224))
 
 
 def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -38,7 +36,7 @@ def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         raise VbpError(f"the builder py:{name} raised {_one_line(exc)}; fix it or its arguments") from exc
     if not isinstance(model, nn.Module):
         raise VbpError(f"py:{name} returned {type(model).__name__}, not a torch.nn.Module")
-    setattr(model, _SOURCE, {"model": f"py:{name}", "kwargs": kwargs})
+    setattr(model, PYTHON_SOURCE, {"model": f"py:{name}", "kwargs": kwargs})
     return model
 
 
@@ -48,15 +46,15 @@ def _one_line(exc: Exception) -> str:
 
 
 def owns(model: nn.Module) -> bool:
-    return hasattr(model, _SOURCE)
+    return hasattr(model, PYTHON_SOURCE)
 
 
 def model_id(model: nn.Module) -> str:
-    return getattr(model, _SOURCE, {}).get("model", "")
+    return getattr(model, PYTHON_SOURCE, {}).get("model", "")
 
 
 def describe(model: nn.Module) -> dict:
-    desc = dict(getattr(model, _SOURCE))
+    desc = dict(getattr(model, PYTHON_SOURCE))
     if input_shape(model) is not None:
         desc["input_shape"] = list(input_shape(model))
     return desc

@@ -22,9 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import VbpError
+from ..model_attributes import SITE_SPEC
 from ..sites import MlpSite, chain_problem
-
-_ATTR = "_vbp_site_spec"  # a model's specs, as JSON-able dicts: they stay with it through copy and save
 
 
 @dataclass(frozen=True)
@@ -83,14 +82,14 @@ def specs_of(spec) -> list[SiteSpec]:
 def set_spec(model: nn.Module, spec) -> None:
     """Attach user-named sites to `model` (None or [] removes them)."""
     if spec is None or spec == []:
-        model.__dict__.pop(_ATTR, None)
+        model.__dict__.pop(SITE_SPEC, None)
         return
-    model.__dict__[_ATTR] = [asdict(s) for s in specs_of(spec)]
+    model.__dict__[SITE_SPEC] = [asdict(s) for s in specs_of(spec)]
 
 
 def model_spec(model: nn.Module) -> list[dict] | None:
     """The site specs attached to `model` (as dicts), or None."""
-    return model.__dict__.get(_ATTR)
+    return model.__dict__.get(SITE_SPEC)
 
 
 def find_by_spec(model: nn.Module, spec) -> list[MlpSite]:

@@ -21,7 +21,7 @@ register_gelu("timm.layers.activations.GELUTanh", "gelu_tanh")
 def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
     import timm  # imported when used: `import vbp` and `vbp --help` stay fast
 
-    from .. import digits_vit  # noqa: F401  (registers the embedded default with timm)
+    from . import digits_vit  # noqa: F401  (registers the embedded default with timm)
 
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from ..errors import VbpError
+from ..model_attributes import TORCHVISION_SOURCE
 from ..sites import MlpSite, chain_problem
 from .base import register
 
 ACTIVATIONS = (nn.GELU, nn.ReLU, nn.SiLU, nn.Hardswish, nn.Tanh, nn.Sigmoid, nn.Mish, nn.LeakyReLU)
-_SOURCE = "_vbp_torchvision_source"  # (name, kwargs) recorded by `create`
 
 
 def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
@@ -33,7 +33,7 @@ def create(name: str, pretrained: bool = False, **kwargs) -> nn.Module:
         message = " ".join(str(exc).split())
         raise VbpError(f"cannot load the pretrained weights of 'tv:{name}': {message}") from exc
     kwargs.pop("weights", None)
-    setattr(model, _SOURCE, {"model": f"tv:{name}", "kwargs": kwargs})
+    setattr(model, TORCHVISION_SOURCE, {"model": f"tv:{name}", "kwargs": kwargs})
     return model
 
 
@@ -53,16 +53,16 @@ def owns(model: nn.Module) -> bool:
 
 
 def model_id(model: nn.Module) -> str:
-    return getattr(model, _SOURCE, {}).get("model", "")
+    return getattr(model, TORCHVISION_SOURCE, {}).get("model", "")
 
 
 def describe(model: nn.Module) -> dict:
-    if not hasattr(model, _SOURCE):
+    if not hasattr(model, TORCHVISION_SOURCE):
         raise VbpError(
             f"this {type(model).__name__} was not made by vbp.create_model('tv:NAME'), so its torchvision name is "
             "unknown; pass name='tv:NAME' (and kwargs=) to save_pruned"
         )
-    return dict(getattr(model, _SOURCE))
+    return dict(getattr(model, TORCHVISION_SOURCE))
 
 
 def build(desc: dict) -> nn.Module:

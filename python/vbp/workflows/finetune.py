@@ -19,13 +19,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
+from ..distributed import rank_and_world, shard
+from ..errors import VbpError
+from ..files import atomic_path, write_csv_atomic, write_text_atomic
+from ..models import model_device
 from .data import loader, loader_workers
 from .distill import kd_loss
-from .distributed import rank_and_world, shard
-from .errors import VbpError
 from .evaluate import accuracy
-from .files import atomic_path, write_csv_atomic, write_text_atomic
-from .models import model_device
 from .unreadable import skip_unreadable
 
 CHECKPOINT = "checkpoint.pt"

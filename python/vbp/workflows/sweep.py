@@ -13,18 +13,18 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset
 
-from .count import count
+from ..count import count
+from ..errors import VbpError
+from ..files import write_csv_atomic, write_text_atomic
+from ..method import Method
+from ..plan import Plan
+from ..prune import prune
+from ..select import check_ratio, select
+from ..stats import Stats
 from .data import loader
-from .errors import VbpError
 from .evaluate import accuracy, retention
-from .files import write_csv_atomic, write_text_atomic
 from .finetune import FinetuneConfig, finetune
-from .method import Method
-from .plan import Plan
-from .prune import prune
 from .report import change
-from .select import check_ratio, select
-from .stats import Stats
 
 DEFAULT_METHODS = ("variance+mean", "variance+affine", "redundancy+affine", "variance", "magnitude", "random")
 

@@ -1,17 +1,14 @@
 """Measure models: top-k accuracy on labelled data, and latency of one batch."""
 
-import statistics
-import time
-from functools import partial
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .distributed import all_reduce_sum
-from .errors import VbpError
-from .models import model_device
+from ..distributed import all_reduce_sum
+from ..errors import VbpError
+from ..models import model_device
 
 
 def retention(value: float, reference: float) -> float | None:
@@ -59,34 +56,3 @@ def latency_images(data: Iterable, size: int, device: torch.device | str) -> tor
         raise VbpError("the evaluation data yielded no images")
     pool = torch.cat(taken)
     return pool.repeat(-(-size // len(pool)), *([1] * (pool.dim() - 1)))[:size].to(device)
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None
-) -> dict[str, float]:
-    """Median seconds of each no-argument callable, after one warm-up call each.
-
-    The callables run once each in turn per round, so that a machine whose speed drifts during the run slows
-    all of them alike (timing each in a block of its own would bias their ratio). `sync` waits for queued
-    device work (torch.cuda.synchronize on CUDA).
-    """
-    for fn in fns.values():
-        fn()
-    sync()
-    times = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-@torch.inference_mode()
-def latencies(models: dict[str, nn.Module], images: torch.Tensor, rounds: int = 7) -> dict[str, float]:
-    """Median seconds of model(images) for each model (eval mode), timed in turn: see `interleaved_medians`."""
-    for model in models.values():
-        model.eval()
-    sync = torch.cuda.synchronize if images.is_cuda else lambda: None
-    return interleaved_medians({name: partial(model, images) for name, model in models.items()}, rounds, sync)

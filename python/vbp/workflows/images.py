@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from .errors import VbpError
-from .families import hf
+from ..errors import VbpError
+from ..families import hf
 from .unreadable import unreadable_flags
 
 
@@ -104,7 +104,7 @@ def _image_transform(model: nn.Module, training: bool):
         return ImageProcessorTransform(processor)
     import timm.data
 
-    from .families import timm_models
+    from ..families import timm_models
 
     # a timm model created with another img_size than its pretrained config's takes images of its own size
     size = {"input_size": timm_models.input_size(model)} if timm_models.owns(model) else None

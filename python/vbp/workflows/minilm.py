@@ -14,11 +14,11 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import VbpError
-from .models import create_model
+from ..errors import VbpError
+from ..models import create_model
 from .text import read_sentences
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).parents[1] / "assets"
 CALIBRATION_TEXT = ASSETS / "text_calibration.txt"
 EVALUATION_TEXT = ASSETS / "text_evaluation.txt"
 MODEL_DIR_NAME = "all-MiniLM-L6-v2"

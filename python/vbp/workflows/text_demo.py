@@ -9,12 +9,12 @@ import copy
 import time
 from pathlib import Path
 
-from .calibrate import calibrate
-from .files import write_text_atomic
-from .method import Method
+from ..calibrate import calibrate
+from ..files import write_text_atomic
+from ..method import Method
+from ..prune import prune
+from ..select import select
 from .minilm import calibration_sentences, evaluation_sentences, load_minilm
-from .prune import prune
-from .select import select
 from .text import embedding_agreement, sentence_embeddings, text_loader
 
 RATES = (0.3, 0.5, 0.7)

@@ -8,8 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .plan import Plan  # noqa: E402
-from .stats import Stats  # noqa: E402
+from ..plan import Plan  # noqa: E402
+from ..stats import Stats  # noqa: E402
 from .sweep import SweepResult  # noqa: E402
 
 # Methods often tie exactly; decreasing marker sizes and distinct styles keep every line visible.

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .batches import run_model
-from .errors import VbpError
+from ..batches import run_model
+from ..errors import VbpError
 
 MAX_TOKENS = 128  # sentences are truncated to this many tokens
 
@@ -73,7 +73,7 @@ def tokenizer_of(model: nn.Module):
         raise VbpError("text data needs a Hugging Face model loaded from a folder (hf:DIR) that holds its tokenizer")
     from transformers import AutoTokenizer
 
-    from .families.hf import check_tokenizer
+    from ..families.hf import check_tokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

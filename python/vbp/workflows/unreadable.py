@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from .errors import VbpError
+from ..errors import VbpError
 
 _UNREADABLE: dict[tuple[str, int], torch.Tensor] = {}
 

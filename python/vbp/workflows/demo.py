@@ -6,18 +6,20 @@ from pathlib import Path
 
 import torch
 
-from .calibrate import calibrate
-from .checkpoint import load_pruned, save_pruned
-from .compact import compact
+from ..calibrate import calibrate
+from ..checkpoint import load_pruned, save_pruned
+from ..compact import compact
+from ..errors import VbpError
+from ..families.embedded import MODEL_NAME
+from ..models import create_model
+from ..ops import has_extension
+from ..prune import prune
+from ..select import select
+from ..timing import latencies
 from .data import loader
-from .digits import MODEL_NAME, digits_split
-from .errors import VbpError
-from .evaluate import accuracy, latencies, latency_images, retention
-from .models import create_model
-from .ops import has_extension
-from .prune import prune
+from .digits import digits_split
+from .evaluate import accuracy, latency_images, retention
 from .report import change, summarize
-from .select import select
 
 # Large enough that the tiny model's per-call overheads do not hide the MLP's share of the work.
 LATENCY_BATCH = 4096

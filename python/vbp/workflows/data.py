@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from ..errors import VbpError
+from ..families import hf
+from ..models import example_input, model_name
 from .digits import digits_split
-from .errors import VbpError
-from .families import hf
-from .models import example_input, model_name
 from .text import Sentences, Tokenize, read_sentences, tokenizer_of
 from .unreadable import skip_unreadable
 

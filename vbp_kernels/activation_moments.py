@@ -19,7 +19,7 @@ from .activation import ACTIVATIONS, activate
 
 
 @triton.jit
-def _gelu_welford_kernel(
+def _activation_moments_kernel(
     x_ptr,
     y_ptr,
     shift_ptr,
@@ -134,7 +134,7 @@ def activation_moments(
     row_programs = triton.cdiv(n_rows, rows_per_program)
     shift_p = torch.empty(row_programs, n_cols, dtype=torch.float32, device=x.device)
     mean_p, m2_p = torch.empty_like(shift_p), torch.empty_like(shift_p)
-    _gelu_welford_kernel[(row_programs, col_blocks)](
+    _activation_moments_kernel[(row_programs, col_blocks)](
         xv,
         yv,
         shift_p,

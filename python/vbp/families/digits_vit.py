@@ -5,7 +5,7 @@ registered with timm on import (the timm family imports this module before it cr
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from .digits import ARCHITECTURE, MODEL_NAME, WEIGHTS
+from .embedded import ARCHITECTURE, MODEL_NAME, WEIGHTS
 
 # timm reads `default_cfgs` of the module that registers a model.
 default_cfgs = generate_default_cfgs(

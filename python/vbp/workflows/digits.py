@@ -1,28 +1,12 @@
-"""The embedded default data: scikit-learn's handwritten digits, and the name and shape of the model trained on
-them (`vbp_digits_vit`, defined in `digits_vit.py`; importing this file does not import timm or scikit-learn).
+"""The embedded default data: scikit-learn's handwritten digits (imported when used), on which the embedded
+model `vbp_digits_vit` (`vbp.families.embedded`) was trained.
 
 The data set is the UCI Optical Recognition of Handwritten Digits test set as bundled by
 scikit-learn (1797 8x8 grayscale images, 10 classes; licence CC BY 4.0, see assets/DIGITS_LICENSE.md).
 """
 
-from pathlib import Path
-
 import torch
 from torch.utils.data import TensorDataset
-
-WEIGHTS = Path(__file__).parent / "assets" / "digits_vit.safetensors"
-MODEL_NAME = "vbp_digits_vit"
-ARCHITECTURE = dict(
-    img_size=8,
-    patch_size=2,
-    in_chans=1,
-    num_classes=10,
-    embed_dim=32,
-    depth=4,
-    num_heads=4,
-    mlp_ratio=4.0,
-    global_pool="token",
-)
 
 
 def digits_split(split: str) -> TensorDataset:

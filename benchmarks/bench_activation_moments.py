@@ -1,7 +1,7 @@
 """GPU: the fused GELU + Welford kernel against a device-to-device copy, eager GELU + var_mean and
 torch.compile of it, and calibration throughput of DeiT-B at batch 256 in bf16 (plain forward vs backends).
 
-    .venv/bin/python -m pytest benchmarks/bench_stats_kernel.py --benchmark-only -s
+    .venv/bin/python -m pytest benchmarks/bench_activation_moments.py --benchmark-only -s
 Targets (issue 3, H100): kernel >= 80% of copy bandwidth and >= 3x eager; calibration >= 90% of inference.
 Skipped without CUDA.
 """

@@ -1,0 +1,40 @@
+"""Latency measured fairly: implementations timed in turn, one call each per round, medians of the rounds."""
+
+import statistics
+import time
+from functools import partial
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, float]:
+    """Median seconds of each no-argument callable, after one warm-up call each.
+
+    The callables run once each in turn per round, so that a machine whose speed drifts during the run slows
+    all of them alike (timing each in a block of its own would bias their ratio). `sync` waits for queued
+    device work (torch.cuda.synchronize on CUDA).
+    """
+    for fn in fns.values():
+        fn()
+    sync()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+@torch.inference_mode()
+def latencies(models: dict[str, nn.Module], images: torch.Tensor, rounds: int = 7) -> dict[str, float]:
+    """Median seconds of model(images) for each model (eval mode), timed in turn: see `interleaved_medians`."""
+    for model in models.values():
+        model.eval()
+    sync = torch.cuda.synchronize if images.is_cuda else lambda: None
+    return interleaved_medians({name: partial(model, images) for name, model in models.items()}, rounds, sync)
