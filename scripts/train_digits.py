@@ -15,10 +15,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 import vbp
-from vbp import digits_vit  # noqa: F401  (registers vbp_digits_vit with timm)
-from vbp.digits import MODEL_NAME, WEIGHTS
-from vbp.evaluate import accuracy
+from vbp.families import digits_vit  # noqa: F401  (registers vbp_digits_vit with timm)
+from vbp.families.embedded import MODEL_NAME, WEIGHTS
 from vbp.files import atomic_path
+from vbp.workflows.evaluate import accuracy
 
 
 def random_shift(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
