@@ -184,3 +184,20 @@ def test_silent_resume_never_mixes_two_initialisations(tmp_path, capsys):
     other = _weights_file(tmp_path / "w.safetensors", seed=2, name="deit_tiny_patch16_224")
     assert main([*common, "--checkpoint", other, "--resume", "--resume-anyway"]) == 2
     assert "made on other weights" in capsys.readouterr().err
+
+
+def test_message_text_models_on_eval_and_finetune(bert_folder, tmp_path, capsys, monkeypatch):
+    """eval compares a pruned text model with the unpruned one; alone it has nothing to measure; finetune says
+    it trains image classifiers only. One line each, no traceback."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    common = ["--data", str(bert_folder / "sentences.txt"), "--batch-size", "8"]
+    model = ["--model", f"hf:{bert_folder}/bert"]
+    assert main(["prune", *model, *common, "--ratio", "0.5", "--output", str(tmp_path / "p")]) == 0
+    assert main(["eval", *model, *common, "--ratio", "0.5"]) == 0
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"cosine", "nn_agreement"}
+    assert main(["eval", *model, *common]) == 2
+    assert main(["finetune", "--pruned", str(tmp_path / "p" / "model.safetensors"), *common,
+                 "--output", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err
+    assert "has no accuracy to measure alone" in err and "trains image classifiers for now" in err
+    assert "Traceback" not in err and not list((tmp_path / "ft").glob("*"))

@@ -68,3 +68,19 @@ def test_cli_prunes_an_hf_model_on_a_text_file(tmp_path, capsys):
     with torch.no_grad():
         want = vbp.prune(copy.deepcopy(reference), plan, stats)(**ids).last_hidden_state
         torch.testing.assert_close(pruned(**ids).last_hidden_state, want, rtol=0, atol=0)
+    # vbp eval on the text model: the agreement of mean-pooled embeddings, against a hand computation
+    evaluation = tmp_path / "evaluation.txt"
+    evaluation.write_text("\n".join(minilm.evaluation_sentences(32)) + "\n")
+    capsys.readouterr()
+    assert main(["eval", "--pruned", str(out / "model.safetensors"), "--data", str(evaluation), "--batch-size", "16",
+                 "--latency-batch", "8"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tokens = minilm.load_minilm()[1](minilm.evaluation_sentences(32), padding=True, return_tensors="pt")
+    mask = tokens["attention_mask"].unsqueeze(-1).double()
+    with torch.no_grad():
+        pooled = [(m(**tokens).last_hidden_state.double() * mask).sum(1) / mask.sum(1) for m in (reference, pruned)]
+    cosine = torch.nn.functional.cosine_similarity(*pooled, dim=-1).mean().item()
+    assert result["cosine"] == pytest.approx(cosine, abs=1e-5) and 0.8 < cosine < 1
+    assert 0 <= result["nn_agreement"] <= 1 and result["speedup"] > 0 and result["sentences_per_s"] > 0
+    assert main(["eval", "--model", model, "--data", str(evaluation)]) == 2
+    assert "has no accuracy to measure alone" in capsys.readouterr().err

@@ -2,15 +2,22 @@
 unpruned one; under torchrun every rank evaluates its shard and the counts are summed."""
 
 import json
+from functools import partial
 
+import torch
+
+from ..batches import run_model
 from ..checkpoint import load_pruned
 from ..compact import KERNELS, compact
+from ..distributed import rank_and_world
 from ..errors import VbpError
 from ..families import site_widths
 from ..files import check_writable, write_text_atomic
 from ..select import check_ratio, check_selection_options
-from ..timing import latencies
+from ..timing import interleaved_medians, latencies
+from ..workflows.data import is_text_model
 from ..workflows.evaluate import accuracy, latency_images, retention
+from ..workflows.text import embedding_agreement, read_sentences, sentence_embeddings, text_loader, tokenizer_of
 from .options import (
     add_data_args,
     add_model_args,
@@ -82,16 +89,9 @@ def run(args) -> None:
 
 
 def _measure(args) -> dict:
-    if args.pruned:
-        model = load_pruned(args.pruned, args.device)
-        reference = reference_of(model, args.pretrained, args.checkpoint, args.num_classes, args.device)
-    else:
-        reference = model_of(args)
-        model = None
-        if args.ratio is not None:
-            check_ratio(args.ratio)
-            check_selection_options(site_widths(reference), args.min_keep, args.round_to)
-            model = pruned_model(args, reference, stats_for(args, reference))[1]
+    reference, model = _models(args)
+    if is_text_model(reference):
+        return _measure_text(args, reference, model)
     val = limited(
         batches(args.data, reference, "test", args.batch_size, args.num_batches, args.skip_bad_images), args.num_batches
     )
@@ -110,4 +110,52 @@ def _measure(args) -> dict:
         if model is not None:
             result["reference_latency_ms"] = 1e3 * times["reference"]
             result["speedup"] = times["reference"] / times["model"]
+    return result
+
+
+def _models(args):
+    """(the unpruned model, the pruned one or None): from --pruned, or --model pruned now by --ratio."""
+    if args.pruned:
+        model = load_pruned(args.pruned, args.device)
+        reference = reference_of(model, args.pretrained, args.checkpoint, args.num_classes, args.device)
+    else:
+        reference = model_of(args)
+        model = None
+        if args.ratio is not None:
+            check_ratio(args.ratio)
+            check_selection_options(site_widths(reference), args.min_keep, args.round_to)
+            model = pruned_model(args, reference, stats_for(args, reference))[1]
+    return reference, model
+
+
+def _measure_text(args, reference, model) -> dict:
+    """A pruned text model against the unpruned one on the sentences of --data: how close their mean-pooled
+    embeddings stay (cosine, nearest-neighbour agreement) and, with --latency-batch N, sentences per second."""
+    if model is None:
+        raise VbpError(
+            f"{args.model} is a text model: it has no accuracy to measure alone; give --pruned FILE or --ratio R to "
+            "compare a pruned model with it"
+        )
+    if rank_and_world()[1] > 1:
+        raise VbpError("the evaluation of a text model runs in one process (its neighbours span all sentences)")
+    if args.compact:
+        model = compact(model, args.compact)
+    sentences = limited(
+        batches(args.data, reference, "test", args.batch_size, args.num_batches, args.skip_bad_images), args.num_batches
+    )
+    result = embedding_agreement(sentence_embeddings(reference, sentences), sentence_embeddings(model, sentences))
+    if args.latency_batch:
+        batch = text_loader(read_sentences(args.data)[: args.latency_batch], tokenizer_of(reference), args.latency_batch)
+        inputs = next(iter(batch))
+        timed = {"model": model.eval(), "reference": reference.eval()}
+        sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else lambda: None
+        with torch.inference_mode():
+            times = interleaved_medians({k: partial(run_model, m, inputs, args.device) for k, m in timed.items()}, 7, sync)
+        n = len(inputs["input_ids"])
+        result.update(
+            latency_ms=1e3 * times["model"],
+            reference_latency_ms=1e3 * times["reference"],
+            sentences_per_s=n / times["model"],
+            speedup=times["reference"] / times["model"],
+        )
     return result

@@ -7,7 +7,7 @@ from ..checkpoint import load_pruned, save_pruned
 from ..errors import VbpError
 from ..files import check_writable
 from ..models import create_model
-from ..workflows.data import dataset
+from ..workflows.data import dataset, is_text_model
 from ..workflows.finetune import FinetuneConfig, finetune
 from .options import add_data_args, add_model_args, add_resume_args, check_resume_args, reference_of, val_dataset
 from .paths import FINETUNE_FILES, check_outputs_spare_inputs
@@ -62,6 +62,11 @@ def run(args) -> None:
     _check_no_run_overwritten(output, args.resume, args.overwrite)
     with distributed_session(args.device) as (device, rank, _):
         student = load_pruned(args.pruned, device)
+        if is_text_model(student):
+            raise VbpError(
+                f"{args.pruned} is a text model: vbp finetune trains image classifiers for now; compare it with the "
+                "unpruned model by vbp eval --pruned FILE --data SENTENCES.txt"
+            )
         teacher = None
         if not args.no_kd and args.teacher:
             teacher = create_model(args.teacher, pretrained=args.pretrained, checkpoint=args.checkpoint).to(device)

@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..batches import run_model
 from ..errors import VbpError
 
 MAX_TOKENS = 128  # sentences are truncated to this many tokens
@@ -85,11 +84,13 @@ def tokenizer_of(model: nn.Module):
 
 @torch.inference_mode()
 def sentence_embeddings(model: nn.Module, batches) -> torch.Tensor:
-    """Mean-pooled last hidden states over each sentence's real tokens, L2-normalised, float64 [N, H]."""
+    """Mean-pooled last hidden states over each sentence's real tokens, L2-normalised, float64 [N, H]. Works
+    for a bare encoder and for a model with a head (its last hidden state, not its logits)."""
     device = next(model.parameters()).device
     out = []
     for batch in batches:
-        hidden = run_model(model, batch, device).last_hidden_state.double()
+        hidden = model(**{k: v.to(device) for k, v in batch.items()}, output_hidden_states=True).hidden_states[-1]
+        hidden = hidden.double()
         mask = batch["attention_mask"].to(device).unsqueeze(-1).double()
         pooled = (hidden * mask).sum(1) / mask.sum(1)
         out.append(nn.functional.normalize(pooled, dim=-1).cpu())
