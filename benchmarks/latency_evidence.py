@@ -19,6 +19,7 @@ benchmarks/RESULTS.md. Run it on a quiet machine: timings taken while other proc
 import argparse
 import copy
 import json
+import os
 import platform
 import re
 import subprocess
@@ -158,11 +159,11 @@ def run_case(case, targets: list[float], rounds: int) -> dict:
             "ratio_grid_ms": grid, "rows": rows}
 
 
-def done_when() -> dict:
-    """The issue's command, its summary's latency part."""
+def done_when(threads: int) -> dict:
+    """The issue's command at `threads` torch threads, its summary's latency part."""
     with tempfile.TemporaryDirectory() as out:
         cmd = [sys.executable, "-m", "vbp", *DONE_WHEN.split(), "--output", out, "--summary", f"{out}/s.json"]
-        subprocess.run(cmd, check=True, stdout=sys.stderr)
+        subprocess.run(cmd, check=True, stdout=sys.stderr, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         return json.loads(Path(f"{out}/s.json").read_text())["latency"]
 
 
@@ -227,11 +228,13 @@ def main() -> None:
     p.add_argument("--targets", default="1.2,1.4,1.6")
     p.add_argument("--batch", type=int, default=16, help="images per latency batch (MiniLM: twice as many sentences)")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: torch's)")
     p.add_argument("--note", default="", help="a remark on the machine's state, printed with the results")
     p.add_argument("--no-done-when", action="store_true", help="skip the issue's vbp prune command")
     p.add_argument("--no-write", action="store_true", help="print only; write no files")
     args = p.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
+    torch.set_num_threads(args.threads)
     cases = []
     for name in args.models.split(","):
         case = MiniLmCase(2 * args.batch) if name == MINILM else TimmCase(name, args.batch)
@@ -241,7 +244,7 @@ def main() -> None:
         "environment": {"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
                         "python": platform.python_version(), "note": args.note},
         "cases": cases,
-        "done_when": None if args.no_done_when else done_when(),
+        "done_when": None if args.no_done_when else done_when(args.threads),
     }
     text = markdown(result)
     print(text)

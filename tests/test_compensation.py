@@ -15,6 +15,7 @@ from vbp.compensation.affine import affine_predictor
 from vbp.covariance import CoMoments
 from vbp.criteria.redundancy import redundancy_scores
 from vbp.families.spec import SiteSpec
+from vbp.fingerprint import weights_fingerprint
 from vbp.model_attributes import PRUNING
 
 EPS = torch.finfo(torch.float64).eps
@@ -197,6 +198,7 @@ def test_the_compensation_used_is_saved_with_the_model(tmp_path):
         "criterion": {"name": "variance", "version": 1},
         "compensation": {"name": "affine", "version": 1, "ridge": 0.01},
         "ratio": 0.3,
+        "weights": weights_fingerprint(model),  # of the unpruned model
     }
 
 

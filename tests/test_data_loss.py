@@ -22,10 +22,11 @@ COMMANDS = {
     "finetune": (["--pruned", OTHER, "--output", OTHER], ["--checkpoint", "--data", "--val-data", "--pruned", "--teacher"],
                  {"--output": "folder"}),
     "sweep": (["--output", OTHER], ["--model", "--checkpoint", "--data", "--val-data"], {"--output": "folder"}),
+    "export": (["--pruned", OTHER], ["--pruned", "--source"], {"--onnx": "file", "--hf": "folder"}),
 }
-FOLDER_INPUTS = {"--model", "--teacher"}  # hf: folders
+FOLDER_INPUTS = {"--model", "--teacher", "--source"}  # hf: folders (--source: the folder itself)
 FILE_OR_FOLDER_INPUTS = {"--data", "--val-data"}  # a .txt file or an image folder
-FIRST_FILE = {"prune": PRUNE_FILES[0], "finetune": FINETUNE_FILES[0], "sweep": SWEEP_FILES[0]}
+FIRST_FILE = {"prune": PRUNE_FILES[0], "finetune": FINETUNE_FILES[0], "sweep": SWEEP_FILES[0], "export": "x.safetensors"}
 
 
 def _forms(option):
@@ -47,7 +48,7 @@ def _arguments(command, tmp_path, given, output, form):
     if form == "folder":
         source = tmp_path / "users_folder"
         source.mkdir()
-        value = f"hf:{source}" if given in FOLDER_INPUTS else str(source)
+        value = f"hf:{source}" if given in ("--model", "--teacher") else str(source)
         target = source / ("out" if writes[output] == "folder" else "out.json")
     else:  # a file; a folder output is the folder holding it under a name the command writes
         source = tmp_path / (FIRST_FILE[command] if writes[output] == "folder" else "users_file.safetensors")
@@ -59,7 +60,7 @@ def _arguments(command, tmp_path, given, output, form):
 @pytest.mark.parametrize("command,given,output,form", PAIRS, ids=["-".join(p) for p in PAIRS])
 def test_data_loss_no_output_is_or_lies_inside_an_input(tmp_path, command, given, output, form):
     args = build_parser().parse_args(_arguments(command, tmp_path, given, output, form))
-    with pytest.raises(vbp.VbpError, match="is the same file as the input|lies inside the input folder"):
+    with pytest.raises(vbp.VbpError, match="is the same file as the input|lies inside the (input|output) folder"):
         check_outputs_spare_inputs(command, args)
 
 

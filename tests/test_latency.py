@@ -12,9 +12,10 @@ from test_select import stats_with_variances
 
 import vbp
 from vbp.cli import main
+from vbp.families import site_widths
 from vbp.latency import LatencyTable, MlpShape, WidthCurve, knapsack, profile, table_key
 from vbp.latency.knapsack import STEPS_PER_SITE
-from vbp.latency.profile import mlp_shapes, refine_widths, width_grid
+from vbp.latency.profile import mlp_shapes, refine_widths, width_grid, without_mlps
 
 
 def brute_force(values, costs, budget):
@@ -161,7 +162,7 @@ def test_targets_that_cannot_be_met_say_the_best_reachable_speedup():
     with pytest.raises(vbp.VbpError, match=f"{best:.2f}x speed-up at best"):
         vbp.select(stats, target_speedup=best * 1.01, latency=table)
     vbp.select(stats, target_speedup=best * 0.99, latency=table)
-    for bad in (1.0, 0.5, -2):
+    for bad in (1.0, 0.5, -2, float("nan"), "2", True):
         with pytest.raises(vbp.VbpError, match="above 1"):
             vbp.select(stats, target_speedup=bad, latency=table)
     with pytest.raises(vbp.VbpError, match="either ratio or a latency target"):
@@ -191,7 +192,7 @@ def test_table_files_round_trip_and_refuse_bad_ones(tmp_path):
         LatencyTable.load(tmp_path / "none.json")
     table.curves[0].ms[0] = -1.0
     table.save(path)
-    with pytest.raises(vbp.VbpError, match="non-positive"):
+    with pytest.raises(vbp.VbpError, match="negative"):
         LatencyTable.load(path)
 
 
@@ -203,28 +204,36 @@ def test_plan_records_its_target_and_round_trips(tmp_path):
 
 
 def test_a_tiny_real_profile_has_the_shapes_and_grid_of_the_model(tmp_path, deit_tiny_small):
-    table = profile(deit_tiny_small, batch=2, rounds=1, progress=False)
+    table = profile(deit_tiny_small, batch=32, rounds=3, progress=False)
     assert len(table.shapes) == 1 and set(table.sites) == set(vbp.find_sites(deit_tiny_small)[i].name for i in range(12))
     shape, curve = table.shapes[0], table.curves[0]
-    assert (shape.in_features, shape.hidden, shape.tokens, shape.gated) == (192, 768, 2 * 5, False)
+    assert (shape.in_features, shape.hidden, shape.tokens, shape.gated) == (192, 768, 32 * 5, False)
     assert curve.widths[-1] == 768 and set(width_grid(768)) <= set(curve.widths)
-    assert table.fixed_ms > 0 and table.key == table_key(deit_tiny_small, 2, "eager")
-    assert table.environment["rounds"] == 1 and table.key["threads"] == torch.get_num_threads()
+    assert table.fixed_ms > 0 and table.key == table_key(deit_tiny_small, 32, "eager")
+    assert table.environment["rounds"] == 3 and table.key["threads"] == torch.get_num_threads()
+    # the fixed cost is the model with every MLP at width 0, predicted exactly, as is the full model
+    bare = without_mlps(deit_tiny_small)
+    assert set(site_widths(bare).values()) == {0} and set(site_widths(deit_tiny_small).values()) == {768}
+    assert table.predict_ms({n: 0 for n in table.sites}) == pytest.approx(table.fixed_ms)
+    assert table.predict_ms(table.widths) == pytest.approx(table.full_ms)
+    with torch.inference_mode():
+        assert bare(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
 
 
 def test_gated_mlp_shapes(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        hidden_size=16, intermediate_size=40, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2,
+        hidden_size=64, intermediate_size=1000, num_attention_heads=2, num_key_value_heads=2, num_hidden_layers=2,
         vocab_size=64,
     )
     model = transformers.LlamaForCausalLM(cfg).eval()
     shapes, sites, _ = mlp_shapes(model, 3)
     assert len(shapes) == 1 and len(sites) == 2
     assert shapes[0].gated and not shapes[0].compact and shapes[0].tokens == 3 * 128
-    table = profile(model, batch=1, rounds=1, progress=False)
-    assert table.curves[0].widths == [8, 16, 24, 32, 40]
+    table = profile(model, batch=2, rounds=3, progress=False)
+    widths = table.curves[0].widths
+    assert widths[:2] == [0, 48] and widths[-2:] == [992, 1000] and set(width_grid(1000)) <= set(widths)
 
 
 def digits_table(tmp_path, batch: int = 2) -> str:
@@ -255,6 +264,8 @@ def test_cli_prune_to_a_target_speedup_reports_prediction_and_measurement(tmp_pa
     assert main(["prune", "--target-speedup", "1.0", "--latency-table", table]) == 2
     assert main(["prune", "--target-speedup", "1.3", "--ratio", "0.5", "--latency-table", table]) == 2
     assert main(["prune", "--target-speedup", "1.3"]) == 2  # neither a table nor a batch to measure one at
+    assert main(["prune", "--target-speedup", "1.3", "--latency-table", table, "--scope", "layer"]) == 2
+    assert "applies to --ratio" in capsys.readouterr().err
 
 
 def test_cli_profile_writes_a_table_prune_reuses(tmp_path, capsys):
@@ -264,7 +275,7 @@ def test_cli_profile_writes_a_table_prune_reuses(tmp_path, capsys):
     table = LatencyTable.load(out)
     assert table.key["batch"] == 2 and table.key["runtime"] == "compact" and table.key["model"] == "vbp_digits_vit"
     assert table.shapes[0].compact and table.curves[0].widths[-1] == 128
-    best = table.full_ms / (table.fixed_ms + min(table.curves[0].envelope) * len(table.sites))
+    best = table.full_ms / (table.fixed_ms + table.curves[0].envelope[1] * len(table.sites))  # narrowest: 8
     # the table's runtime and batch are prune's defaults; a target beyond its reach says how far it goes
     assert main(["prune", "--latency-table", str(out), "--target-speedup", str(best * 1.05), "--num-batches", "1"]) == 2
     assert f"{best:.2f}x speed-up at best" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import vbp
 from vbp.activations import GELU_CLASSES, gelu_kind, qualified_name, register_gelu
 from vbp.cli import main
 from vbp.compensation import SiteFold
+from vbp.fingerprint import weights_fingerprint
 from vbp.method import Method, needs_covariance
 from vbp.model_attributes import PRUNING
 from vbp.registry import Registry
@@ -162,7 +163,7 @@ def test_outside_strategies_in_the_cli(tmp_path, capsys):
         assert main([*args, "--criterion", "mine", "--compensation", "partmean"]) == 0
     # saved files name the outside strategies and still load without them
     loaded = vbp.load_pruned(out / "model.safetensors")
-    assert loaded.__dict__[PRUNING] == {
+    assert {k: v for k, v in loaded.__dict__[PRUNING].items() if k != "weights"} == {
         "criterion": {"name": "mine", "version": 1, "scale": 1.0},
         "compensation": {"name": "partmean", "version": 1, "fraction": 0.5},
         "ratio": 0.5,
@@ -229,6 +230,7 @@ def test_saved_model_records_versioned_dicts_and_older_files_load(tmp_path):
         "criterion": {"name": "redundancy", "version": 1, "ridge": 0.1},
         "compensation": {"name": "affine", "version": 1, "ridge": 0.05},
         "ratio": 0.3,
+        "weights": weights_fingerprint(model),  # of the unpruned model
     }
     assert meta["pruning"] == want
     record = vbp.load_pruned(path).__dict__[PRUNING]

@@ -1,5 +1,6 @@
 """Run a model over calibration data and gather per-neuron post-activation statistics of every MLP site."""
 
+import numbers
 import os
 from pathlib import Path
 from typing import Iterable
@@ -123,7 +124,16 @@ def calibrate(
     Every token (ViT, Swin, text) or spatial position (ConvNeXt) of every input is one sample per neuron. Under
     torch.distributed each rank calibrates its own shard and all ranks end with the merged statistics.
     """
+    if not isinstance(model, nn.Module):
+        raise VbpError(f"calibrate takes a torch.nn.Module, got {type(model).__name__} (vbp.create_model builds one by id)")
+    if data is None or isinstance(data, (str, bytes, torch.Tensor)):
+        raise VbpError(
+            f"calibrate's data must be an iterable of batches (a DataLoader, or a list of input tensors), got "
+            f"{type(data).__name__}" + (": wrap one batch in a list, [tensor]" if isinstance(data, torch.Tensor) else "")
+        )
     for limit, what in ((num_batches, "num_batches"), (num_samples, "num_samples")):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral)):
+            raise VbpError(f"{what} must be a whole number, at least 1, got {limit!r}")
         if limit is not None and limit < 1:
             raise VbpError(f"{what} must be at least 1, got {limit}")
     if nonfinite not in ("error", "skip"):

@@ -42,9 +42,59 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, name: str) -> Non
             for key in ("state_dict", "model"):
                 if isinstance(state, dict) and isinstance(state.get(key), dict):
                     state = state[key]
+    except Exception as exc:  # corrupt or foreign file: each library raises its own kind
+        text = " ".join(str(exc).split()).split(". ")[0][:120]
+        raise VbpError(
+            f"cannot load checkpoint {path} into '{name}': it cannot be read ({type(exc).__name__}: {text}); give a "
+            "safetensors file or a torch state dict"
+        ) from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise VbpError(
+            f"cannot load checkpoint {path} into '{name}': it holds no state dict (name -> tensor); give a "
+            "safetensors file or a torch state dict"
+        )
+    problem = _state_mismatch(model.state_dict(), state)
+    if problem:
+        hint = (
+            "it is a pruned model written by vbp: load it with --pruned FILE (vbp.load_pruned)"
+            if _is_vbp_model(path)
+            else "give a checkpoint of this architecture, or the --model (and --num-classes) it was trained as"
+        )
+        raise VbpError(f"cannot load checkpoint {path} into '{name}': {problem}; {hint}")
+    try:
         model.load_state_dict(state, strict=True)
-    except Exception as exc:  # corrupt file, wrong keys, wrong shapes: each library raises its own kind
-        raise VbpError(f"cannot load checkpoint {path} into '{name}': {exc}") from exc
+    except Exception as exc:  # what the comparison above cannot see (a model's own load hooks)
+        raise VbpError(f"cannot load checkpoint {path} into '{name}': {' '.join(str(exc).split())[:300]}") from exc
+
+
+def _state_mismatch(expected: dict, state: dict) -> str:
+    """One line on how `state` differs from the model's state dict `expected` ('' when its keys and shapes fit)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing (first: {', '.join(missing[:3])})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:3])})")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} tensors of other shapes (first: {k}, {tuple(state[k].shape)} in the file, "
+            f"{tuple(expected[k].shape)} in the model)"
+        )
+    return "; ".join(parts)
+
+
+def _is_vbp_model(path) -> bool:
+    """Whether `path` is a safetensors file vbp.save_pruned wrote."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return '"vbp-model/' in (f.metadata() or {}).get("vbp", "")
+    except Exception:  # not safetensors: not vbp's
+        return False
 
 
 def model_name(model: nn.Module) -> str:

@@ -9,6 +9,7 @@ from torch import nn
 from .compensation import Affine, Compensation, SiteFold
 from .errors import VbpError
 from .families import find_sites
+from .fingerprint import weights_fingerprint
 from .model_attributes import PRUNING
 from .model_ids import canonical_id
 from .models import model_name
@@ -42,6 +43,10 @@ def prune(
 
     Deprecated: compensate=False (use compensation="none") and ridge=r (use compensation=Affine(ridge=r)).
     """
+    if not isinstance(plan, Plan):
+        raise VbpError(f"prune's plan must be a vbp Plan (from vbp.select), got {type(plan).__name__}")
+    if stats is not None and not isinstance(stats, Stats):
+        raise VbpError(f"prune's stats must be vbp Stats (from vbp.calibrate) or None, got {type(stats).__name__}")
     strategy = _compensation(compensation, compensate, ridge)
     sites = find_sites(model)
     widths = {s.name: s.width for s in sites}
@@ -62,6 +67,7 @@ def prune(
             stats.check_covariances(widths, needed_for=f"{strategy.name} compensation")
     # before any change: an unregistered compensation has no name to record
     record = current_record({"criterion": plan.criterion, "compensation": strategy.to_dict(), "ratio": plan.ratio})
+    record["weights"] = weights_fingerprint(model)  # of the unpruned model, so its reference can be checked
     for site in sites:
         keep = plan.kept(site.name).to(site.device)
         pruned = plan.pruned(site.name).to(site.device)

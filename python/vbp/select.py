@@ -14,7 +14,7 @@ from .stats import Stats
 if TYPE_CHECKING:
     from .latency import LatencyTable
 
-SCOPES = ("global", "layer")
+SCOPES = ("global", "layer", "uniform")
 
 
 def check_selection_options(widths: dict[str, int], min_keep: int = 1, round_to: int = 1) -> None:
@@ -63,7 +63,10 @@ def select(
 
     scope="global" ranks all neurons of all sites together (the paper's choice; prunes unevenly across
     layers); scope="layer" removes `ratio` of each site. Every site keeps at least `min_keep` neurons
-    (its highest-variance ones). round_to=N then rounds each kept width to the nearest multiple of N
+    (its highest-variance ones). scope="uniform" gives every site the same kept width (each site its own
+    best neurons by `criterion`; sites narrower than that width stay whole), the one that meets `ratio` most
+    closely: the layout a single config value (`intermediate_size`) can describe, for `vbp.workflows.export`.
+    round_to=N then rounds each kept width to the nearest multiple of N
     (at least N, at most the full width), which moves the total slightly off `ratio`.
 
     Instead of `ratio`, target_speedup=X (or latency_budget_ms=T) with `latency`, a `vbp.latency.LatencyTable`
@@ -97,12 +100,18 @@ def select(
 
     if scope == "layer":
         n_pruned = {name: min(round(ratio * w), w - min_keep) for name, w in widths.items()}
+    elif scope == "uniform":
+        n_pruned = {}
     else:
         n_pruned = _global_prune_counts(scores, ratio, min_keep)
 
     keep = {}
+    uniform = _uniform_width(widths, ratio, min_keep, round_to) if scope == "uniform" else None
     for name, width in widths.items():
-        kept = _rounded_width(width - n_pruned[name], width, round_to, min_keep)
+        if uniform is not None:
+            kept = min(uniform, width)
+        else:
+            kept = _rounded_width(width - n_pruned[name], width, round_to, min_keep)
         top = torch.topk(scores[name], kept, sorted=False).indices
         keep[name] = sorted(top.tolist())
     plan = Plan(stats.model, ratio, scope, dict(widths), keep, criterion.to_dict())
@@ -143,6 +152,20 @@ def _global_prune_counts(scores: dict[str, torch.Tensor], ratio: float, min_keep
     lowest = torch.argsort(candidates, stable=True)[:n_prune]
     counts = torch.bincount(owners[lowest], minlength=len(names))
     return {name: int(counts[i]) for i, name in enumerate(names)}
+
+
+def _uniform_width(widths: dict[str, int], ratio: float, min_keep: int, round_to: int) -> int:
+    """The one kept width K (a multiple of round_to, at least min_keep) whose total, sum of min(K, width), comes
+    closest to keeping 1 - ratio of all neurons (ties: the larger K, pruning less)."""
+    sizes = torch.tensor(list(widths.values()))
+    target = sizes.sum().item() - round(ratio * sizes.sum().item())
+    smallest = -(-min_keep // round_to) * round_to
+    candidates = torch.arange(smallest, max(int(sizes.max()), smallest) + 1, round_to)
+    candidates = torch.unique(torch.cat([candidates, sizes.max()[None]]))  # the full width is always allowed
+    totals = torch.minimum(candidates[:, None], sizes[None, :]).sum(1)
+    miss = (totals - target).abs()
+    best = (miss == miss.min()).nonzero().flatten()[-1]
+    return int(candidates[best])
 
 
 def _rounded_width(kept: int, width: int, round_to: int, min_keep: int) -> int:

@@ -2,6 +2,6 @@
 optionally interrupted_hint(args) (what to run after Ctrl-C). Adding a command is adding a module here and
 its name to COMMANDS."""
 
-from . import calibrate, demo, eval, finetune, profile, prune, sweep
+from . import calibrate, demo, eval, export, finetune, profile, prune, sweep
 
-COMMANDS = (calibrate, prune, eval, finetune, sweep, demo, profile)
+COMMANDS = (calibrate, prune, eval, finetune, sweep, demo, profile, export)

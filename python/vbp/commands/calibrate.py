@@ -3,6 +3,7 @@
 import argparse
 from pathlib import Path
 
+from ..errors import VbpError
 from ..files import check_writable
 from .options import add_data_args, add_model_args, add_resume_args, calibrate_on_data, check_resume_args, model_of
 from .paths import check_outputs_spare_inputs
@@ -38,6 +39,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     check_resume_args(args)
+    if args.save_partial_every < 0:
+        raise VbpError(f"--save-partial-every must be 0 (never) or a number of batches, got {args.save_partial_every}")
     check_outputs_spare_inputs(NAME, args)
     check_writable(args.stats)
     with distributed_session(args.device) as (args.device, rank, world):

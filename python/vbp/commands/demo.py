@@ -16,8 +16,10 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     from ..workflows.demo import run_demo
     from ..workflows.text_demo import run_text_demo
+    from .options import check_device
     from .paths import check_outputs_spare_inputs
 
+    check_device(args.device)
     check_outputs_spare_inputs(NAME, args)
     run_demo(ratio=args.ratio, output=Path(args.output), device=args.device)
     if not args.no_text:

@@ -24,6 +24,7 @@ from .options import (
     add_selection_args,
     add_stats_args,
     batches,
+    check_model_of_pruned,
     check_stats_args,
     compensation_of,
     limited,
@@ -69,6 +70,8 @@ def add_arguments(p) -> None:
 def run(args) -> None:
     if args.pruned and args.ratio is not None:
         raise VbpError("--pruned evaluates a model pruned before and --ratio prunes one now: give one of them")
+    if args.pruned:
+        _check_no_pruning_options(args)
     if args.ratio is not None:
         compensation_of(args)  # contradictory options end here, before any work
     check_stats_args(args)
@@ -113,10 +116,23 @@ def _measure(args) -> dict:
     return result
 
 
+def _check_no_pruning_options(args) -> None:
+    """With --pruned, refuse the options that only shape a model pruned now (--ratio): they would be ignored."""
+    defaults = {"stats": None, "sites": None, "input_size": None, "scope": "global", "criterion": "variance",
+                "compensation": "mean", "no_compensation": False, "ridge": None, "min_keep": 1, "round_to": 1}
+    given = ["--" + k.replace("_", "-") for k, v in defaults.items() if getattr(args, k, v) != v]
+    if given:
+        raise VbpError(
+            f"{', '.join(given)} shape a model pruned now (--ratio), and --pruned {args.pruned} was pruned before: "
+            "leave them out"
+        )
+
+
 def _models(args):
     """(the unpruned model, the pruned one or None): from --pruned, or --model pruned now by --ratio."""
     if args.pruned:
         model = load_pruned(args.pruned, args.device)
+        check_model_of_pruned(args.model, model, args.pruned)
         reference = reference_of(model, args.pretrained, args.checkpoint, args.num_classes, args.device)
     else:
         reference = model_of(args)

@@ -9,7 +9,15 @@ from ..files import check_writable
 from ..models import create_model
 from ..workflows.data import dataset, is_text_model
 from ..workflows.finetune import FinetuneConfig, finetune
-from .options import add_data_args, add_model_args, add_resume_args, check_resume_args, reference_of, val_dataset
+from .options import (
+    add_data_args,
+    add_model_args,
+    add_resume_args,
+    check_model_of_pruned,
+    check_resume_args,
+    reference_of,
+    val_dataset,
+)
 from .paths import FINETUNE_FILES, check_outputs_spare_inputs
 from .session import distributed_session
 
@@ -62,6 +70,7 @@ def run(args) -> None:
     _check_no_run_overwritten(output, args.resume, args.overwrite)
     with distributed_session(args.device) as (device, rank, _):
         student = load_pruned(args.pruned, device)
+        check_model_of_pruned(args.model, student, args.pruned)
         if is_text_model(student):
             raise VbpError(
                 f"{args.pruned} is a text model: vbp finetune trains image classifiers for now; compare it with the "

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..batches import run_model
 from ..calibrate import calibrate
 from ..compensation import COMPENSATIONS, Affine, Compensation
 from ..covariance import DEFAULT_RIDGE
@@ -22,6 +23,7 @@ from ..families.spec import check_flow
 from ..fingerprint import weights_fingerprint
 from ..latency.profile import RUNTIMES
 from ..method import needs_covariance
+from ..model_attributes import PRUNING
 from ..models import create_model, example_input, model_name
 from ..prune import prune
 from ..recorder import BACKENDS
@@ -89,7 +91,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_selection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scope", choices=SCOPES, default="global", help="rank neurons across all layers or per layer")
+    p.add_argument(
+        "--scope",
+        choices=SCOPES,
+        default="global",
+        help="rank neurons across all layers, per layer, or keep one width at every site (uniform: the layout "
+        "`vbp export --hf` writes as a standard folder)",
+    )
     p.add_argument(
         "--criterion", choices=CRITERIA.names(), default="variance", help="neuron score (VBP's is variance)"
     )
@@ -222,11 +230,23 @@ def settle_input_shape(model: nn.Module, input_size: str | None, data: str | Non
         if input_size is not None:
             raise VbpError("--input-size is for py: models; the other families know their input size")
         return
+    source = "the input shape its builder sets"
     if input_size is not None:
         python_builder.set_input_shape(model, python_builder.parse_input_size(input_size))
+        source = "--input-size"
     elif python_builder.input_shape(model) is None and data is not None:
         python_builder.set_input_shape(model, first_input_shape(data, model, skip_bad))
-    python_builder.example_input(model)
+        source = f"the first input of --data {data}"
+    example = python_builder.example_input(model)
+    try:  # one forward pass: a shape the model cannot take ends here, not in a traceback deep in the run
+        with torch.inference_mode():
+            run_model(model, example, next(model.parameters()).device)
+    except Exception as exc:  # the user's model: any exception, said in one line
+        shape = "x".join(map(str, example.shape[1:]))
+        raise VbpError(
+            f"{python_builder.model_id(model)} fails on an input of shape {shape} (from {source}): "
+            f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}; give --input-size C,H,W of the inputs it takes"
+        ) from exc
 
 
 def model_of(args, reads_data: bool = True) -> nn.Module:
@@ -309,6 +329,21 @@ def stats_for(args, model: nn.Module) -> Stats:
     return stats
 
 
+def check_model_of_pruned(given: str, pruned: nn.Module, path: str) -> None:
+    """Refuse a --model (other than the default) that is not the one the --pruned file was pruned from: the
+    unpruned reference is rebuilt from the file, and the other model would be silently ignored."""
+    from ..model_ids import canonical_id
+    from ..models import model_source
+
+    recorded = model_source(pruned)["model"]
+    same = lambda a, b: canonical_id(a).removeprefix("timm:") == canonical_id(b).removeprefix("timm:")  # noqa: E731
+    if given != MODEL_NAME and not same(given, recorded):
+        raise VbpError(
+            f"--pruned {path} was pruned from {recorded}, not --model {given}: its unpruned reference is rebuilt "
+            "from the file; leave out --model (or give that one)"
+        )
+
+
 def reference_of(pruned: nn.Module, pretrained: bool, checkpoint: str | None, num_classes: int | None, device: str):
     """The unpruned model a pruned one came from: its id and construction arguments, with these weights."""
     from ..models import model_source
@@ -316,7 +351,14 @@ def reference_of(pruned: nn.Module, pretrained: bool, checkpoint: str | None, nu
     source = model_source(pruned)
     name = source["model"]
     weights = weights_of(name, pretrained, checkpoint, num_classes)
-    return load_model(name, {**source.get("kwargs", {}), **weights}, device)  # warns of random weights too
+    reference = load_model(name, {**source.get("kwargs", {}), **weights}, device)  # warns of random weights too
+    recorded = pruned.__dict__.get(PRUNING, {}).get("weights")
+    if recorded and recorded != weights_fingerprint(reference):
+        raise VbpError(
+            f"the pruned model was pruned from other weights than {name} has with these options: give the "
+            "--checkpoint (or --pretrained) it was pruned from, so that it is compared with its own unpruned model"
+        )
+    return reference
 
 
 def pruned_model(args, model, stats, latency=None):

@@ -22,6 +22,7 @@ SWEEP_FILES = (
 )
 DEMO_FILES = ("model.safetensors", "plan.json", "minilm_table.md")
 BUILTIN_DATA = ("digits", "synthetic")
+WHOLE_FOLDER_OUTPUTS = ("--hf",)  # output folders a command replaces as a whole
 
 
 def _model_folder(model_id: str | None) -> str | None:
@@ -41,6 +42,7 @@ def command_inputs(command: str, args) -> dict[str, str]:
         "--data": None if get("data") in BUILTIN_DATA else get("data"),
         "--val-data": get("val_data"),
         "--pruned": get("pruned"),
+        "--source": get("source"),
         "--stats": None if command == "calibrate" else get("stats"),
     }
     return {option: path for option, path in inputs.items() if path}
@@ -54,14 +56,28 @@ def command_outputs(command: str, args) -> dict[Path, str]:
         outputs = {Path(args.stats): "--stats", Path(f"{args.stats}.partial"): "--stats (its .partial)"}
     if command == "profile":
         outputs = {Path(args.output): "--output"}
+    if command == "export":  # --hf: a folder, replaced whole (its inputs inside it are refused by the command)
+        outputs = {Path(v): f"--{k}" for k, v in (("onnx", get("onnx")), ("hf", get("hf"))) if v}
     if command == "prune" and get("latency_table"):  # written when prune measures it
-        outputs[Path(args.latency_table)] = "--latency-table"
+        _add_output(outputs, Path(args.latency_table), "--latency-table")
     folder_files = {"prune": PRUNE_FILES, "finetune": FINETUNE_FILES, "sweep": SWEEP_FILES, "demo": DEMO_FILES}
     if get("output") and command in folder_files:
-        outputs.update({Path(args.output) / name: "--output" for name in folder_files[command]})
+        for name in folder_files[command]:
+            _add_output(outputs, Path(args.output) / name, "--output")
     if get("summary"):
-        outputs[Path(args.summary)] = "--summary"
+        _add_output(outputs, Path(args.summary), "--summary")
     return outputs
+
+
+def _add_output(outputs: dict[Path, str], path: Path, option: str) -> None:
+    """outputs[path] = option, refusing a path another option already writes: one would overwrite the other."""
+    for other, other_option in outputs.items():
+        if other.resolve() == path.resolve():
+            raise VbpError(
+                f"{path} ({option}) is also written as {other} ({other_option}); one would overwrite the other: "
+                f"give {option} another path"
+            )
+    outputs[path] = option
 
 
 def check_outputs_spare_inputs(command: str, args) -> None:
@@ -80,4 +96,9 @@ def check_outputs_spare_inputs(command: str, args) -> None:
                 raise VbpError(
                     f"the output {output} ({out_option}) lies inside the input folder {source} ({option}); writing "
                     "there would change your input: choose an output path outside it"
+                )
+            if out_option in WHOLE_FOLDER_OUTPUTS and source.is_relative_to(target):
+                raise VbpError(
+                    f"the input {source} ({option}) lies inside the output folder {output} ({out_option}), which is "
+                    "replaced whole: choose an output folder that holds none of your inputs"
                 )

@@ -91,6 +91,8 @@ def check_target_args(args) -> None:
         raise VbpError(f"give one of --ratio, --target-speedup and --latency-budget-ms, not {' and '.join(given) or 'none'}")
     if args.ratio is not None:
         check_ratio(args.ratio)
+    elif args.scope != "global":
+        raise VbpError(f"--scope {args.scope} applies to --ratio; {given[0]} chooses every site's width itself")
     if args.target_speedup is not None and not args.target_speedup > 1:
         raise VbpError(f"--target-speedup must be above 1 (1.5 is 1.5x faster), got {args.target_speedup}")
     if args.latency_budget_ms is not None and not args.latency_budget_ms > 0:

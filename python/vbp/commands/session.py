@@ -10,7 +10,9 @@ from ..distributed import init_from_env, rank_and_world, shutdown
 def distributed_session(device: str) -> Iterator[tuple[str, int, int]]:
     """Join torchrun's process group (a no-op outside torchrun); yields (this process's device, rank, world
     size) and leaves the group however the block ends. Rank and world stay valid after the block."""
-    device = init_from_env(device)
+    from .options import check_device
+
+    device = init_from_env(check_device(device))
     rank, world = rank_and_world()
     try:
         yield device, rank, world

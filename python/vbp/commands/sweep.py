@@ -55,6 +55,10 @@ def run(args) -> None:
 
     rates = parse_rates(args.rates)
     methods = _methods(args)
+    if args.samples < 1:
+        raise VbpError(f"--samples must be at least 1 (activation values kept per site for the figures), got {args.samples}")
+    if args.finetune_epochs < 0:
+        raise VbpError(f"--finetune-epochs must be 0 (no fine-tuning) or more, got {args.finetune_epochs}")
     output = Path(args.output)
     check_outputs_spare_inputs(NAME, args)
     check_writable(output / "table.csv")

@@ -91,7 +91,9 @@ def create(name: str, pretrained: bool = True, **kwargs) -> nn.Module:
             raise VbpError(
                 f"{name} has no config.json: not a Hugging Face model folder; give the folder save_pretrained wrote"
             )
-        return _load(name, "that folder", **kwargs)
+        # the resolved path becomes the model's id (config._name_or_path): a saved pruned model then finds its
+        # folder from any working directory
+        return _load(os.path.realpath(name), "that folder", **kwargs)
     from huggingface_hub import try_to_load_from_cache
     from huggingface_hub.constants import ENDPOINT
     from huggingface_hub.utils import HFValidationError, validate_repo_id

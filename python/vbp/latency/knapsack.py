@@ -89,6 +89,10 @@ def widths_for_budget(
     return {n: options[n][0][c] for n, c in zip(names, picked)}
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def keep_for_target(
     scores: dict[str, torch.Tensor],
     table: LatencyTable,
@@ -108,11 +112,11 @@ def keep_for_target(
         )
     full_ms = table.predict_ms(table.widths)
     if target_speedup is not None:
-        if isinstance(target_speedup, bool) or not isinstance(target_speedup, (int, float)) or target_speedup <= 1:
-            raise VbpError(f"the target speed-up must be a number above 1 (1.5 is 1.5x faster), got {target_speedup}")
+        if not _number(target_speedup) or not target_speedup > 1:
+            raise VbpError(f"the target speed-up must be a number above 1 (1.5 is 1.5x faster), got {target_speedup!r}")
         budget_ms = full_ms / target_speedup
-    elif not budget_ms > 0:
-        raise VbpError(f"the latency budget must be a positive number of milliseconds, got {budget_ms}")
+    elif not _number(budget_ms) or not budget_ms > 0:
+        raise VbpError(f"the latency budget must be a positive number of milliseconds, got {budget_ms!r}")
     widths = widths_for_budget(scores, table, budget_ms, min_keep, round_to)
     keep = {n: sorted(torch.argsort(scores[n].double(), descending=True, stable=True)[:w].tolist())
             for n, w in widths.items()}

@@ -6,9 +6,13 @@ Linear at width w (CompactMlp with runtime="compact" where `vbp.compact` applies
 multiples of 8 (about COARSE_STEPS of them, the full width and its largest multiple of 8 included), timed briefly
 to find where the cost steps up; then up to REFINE_POINTS multiples of 8 inside each of the REFINE_INTERVALS
 coarse intervals that rise most above the curve's mean slope (where a width just below a step is cheap; see
-`refine_widths`). The final pass times the full model and every width of every shape in turn, after a warm-up
-call each, and keeps each one's median: the rest of the model (attention, embeddings, norms, head) costs the
-full model minus its MLPs at full width, measured in that same pass.
+`refine_widths`). The final pass times, in turn, the full model, the model with every MLP at width 0
+(`without_mlps`: its consumers add their biases alone) and every width of every shape (width 0 included), after a
+warm-up call each, and keeps each one's median. The bare model is the fixed cost; the MLPs cost the full model minus the bare one,
+spread over the sites and widths in proportion to their isolated times above width 0 (the curves are those
+increments scaled by the one ratio that makes them add up, `in_model_scale`: an MLP inside the model and one
+timed alone see other caches and call overheads, and on a shared machine short calls are interrupted less often
+than long ones). The table thus predicts both measured models exactly.
 """
 
 import copy
@@ -16,6 +20,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -31,6 +36,7 @@ from ..errors import VbpError
 from ..families import find_sites
 from ..model_ids import canonical_id
 from ..models import example_input, model_device, model_name
+from ..sites import set_submodule
 from ..timing import interleaved_medians
 from .table import LatencyTable, MlpShape, WidthCurve
 
@@ -211,15 +217,33 @@ class PrunedMlp(nn.Module):
 
 
 def _layer(kind: str, in_features: int, out_features: int, bias: bool, device, dtype) -> nn.Module:
-    meta = dict(bias=bias, device="meta", dtype=dtype)
-    layer = nn.Linear(in_features, out_features, **meta) if kind == "Linear" else nn.Conv2d(
-        in_features, out_features, 1, **meta
-    )
-    layer = layer.to_empty(device=device)
-    nn.init.normal_(layer.weight, std=in_features**-0.5)  # no uninitialised memory: denormals would slow the CPU
+    """A random Linear or 1x1 Conv2d (either side may have 0 features), no uninitialised memory (denormals would
+    slow the CPU); a zero bias."""
+    args = (nn.Linear, in_features, out_features) if kind == "Linear" else (nn.Conv2d, in_features, out_features, 1)
+    with warnings.catch_warnings():  # torch warns that a zero-width layer's (skipped) initialisation does nothing
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        layer = nn.utils.skip_init(*args, bias=bias, device=device, dtype=dtype)
+    if layer.weight.numel():
+        nn.init.normal_(layer.weight, std=in_features**-0.5)
     if bias:
         nn.init.zeros_(layer.bias)
     return layer
+
+
+def without_mlps(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every MLP site at width 0: each consumer adds its bias alone. What the rest of the
+    model costs, run the way the pruned model runs."""
+    bare = copy.deepcopy(model)
+    for s in find_sites(bare):
+        for path in (*s.producers, s.consumer):
+            layer = bare.get_submodule(path)
+            out_features, in_features = layer.weight.shape[:2]
+            kind, device, dtype = type(layer).__name__, layer.weight.device, layer.weight.dtype
+            if path == s.consumer:
+                set_submodule(bare, path, _layer(kind, 0, out_features, True, device, dtype))
+            else:
+                set_submodule(bare, path, _layer(kind, in_features, 0, layer.bias is not None, device, dtype))
+    return bare
 
 
 def mlp_at(shape: MlpShape, width: int, act: nn.Module | None, runtime: str, device, dtype) -> nn.Module:
@@ -281,25 +305,29 @@ def profile(
     say(f"profiling {sum(map(len, coarse.values()))} coarse widths")
     first = timed(coarse, {}, COARSE_ROUNDS)
     grids = {i: sorted({*grid, *refine_widths(grid, [first[i, w] for w in grid])}) for i, grid in coarse.items()}
-    say(f"profiling the full model and {sum(map(len, grids.values()))} widths, in turn")
-    full = runtime_model(model, runtime)
-    t = timed(grids, {"model": partial(run_model, full, batch, device)}, rounds)
-    curves = [WidthCurve(grids[i], [t[i, w] for w in grids[i]]) for i in range(len(shapes))]
+    grids = {i: [0, *grid] for i, grid in grids.items()}
+    say(f"profiling the full model, the model without MLPs and {sum(map(len, grids.values()))} widths, in turn")
+    models = {"model": runtime_model(model, runtime), "bare": runtime_model(without_mlps(model), runtime)}
+    t = timed(grids, {k: partial(run_model, m, batch, device) for k, m in models.items()}, rounds)
     uses = Counter(sites.values())
-    fixed_ms = t["model"] - sum(n * t[i, shapes[i].hidden] for i, n in uses.items())
-    if fixed_ms <= 0:
+    isolated = sum(n * (t[i, shapes[i].hidden] - t[i, 0]) for i, n in uses.items())
+    if not (isolated > 0 and t["model"] > t["bare"]):
         raise VbpError(
-            f"the model measured faster ({t['model']:.1f} ms) than its MLPs alone: the machine's speed changed "
-            "during profiling; run it again on a quieter machine, or with more rounds"
+            f"the MLPs measured no cost (the model {t['model']:.2f} ms, without its MLPs {t['bare']:.2f} ms; the MLPs "
+            f"alone at full width {isolated:.2f} ms more than at width 0): the machine's speed changed during "
+            "profiling, or the MLPs are too small to time; run it again on a quieter machine, with more rounds"
         )
+    scale = (t["model"] - t["bare"]) / isolated
+    curves = [WidthCurve(grids[i], [scale * max(t[i, w] - t[i, 0], 0.0) for w in grids[i]]) for i in range(len(shapes))]
     environment = {
         "cpu_flags": cpu_flags() if device.type == "cpu" else None,
         "rounds": rounds,
+        "in_model_scale": scale,
         "profile_s": time.perf_counter() - start,
         "platform": platform.platform(),
     }
     key = table_key(model, batch, runtime, shapes, sites)
-    return LatencyTable(key, shapes, curves, sites, t["model"], fixed_ms, environment)
+    return LatencyTable(key, shapes, curves, sites, t["model"], t["bare"], environment)
 
 
 def table_for(

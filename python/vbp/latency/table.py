@@ -50,7 +50,8 @@ class MlpShape:
 
 @dataclass
 class WidthCurve:
-    """Measured medians `ms` (raw) of one MLP shape at ascending `widths` (the last is the full width)."""
+    """Milliseconds `ms` (raw) one MLP shape adds at ascending `widths` (the last is the full width; a measured
+    table starts at width 0, the MLP removed, which adds nothing: see `vbp.latency.profile`)."""
 
     widths: list[int]
     ms: list[float]
@@ -77,8 +78,8 @@ class LatencyTable:
     """key: what must match for the table to be reused (model, site shapes, runtime, dtype, device, batch,
     threads, torch); environment: recorded beside it (CPU flags, GPU, rounds, profiling seconds).
     shapes / curves: one per distinct MLP shape; sites: site name -> index into shapes.
-    full_ms: the unpruned model measured end to end; fixed_ms: what is not MLP (full_ms minus its MLPs at full
-    width, measured in the same pass)."""
+    full_ms: the unpruned model measured end to end; fixed_ms: the model with every MLP at width 0, measured in
+    the same pass (see `vbp.latency.profile`)."""
 
     key: dict
     shapes: list[MlpShape]
@@ -159,9 +160,9 @@ class LatencyTable:
         times, and every site points at a shape."""
         for shape, curve in zip(self.shapes, self.curves):
             w = curve.widths
-            if not w or len(w) != len(curve.ms) or w != sorted(set(w)) or w[0] < 1 or w[-1] != shape.hidden:
+            if not w or len(w) != len(curve.ms) or w != sorted(set(w)) or w[0] < 0 or w[-1] != shape.hidden:
                 raise VbpError(f"{source}: the widths of shape {shape.in_features}->{shape.hidden} are invalid")
-            if not all(np.isfinite(curve.ms)) or min(curve.ms) <= 0:
-                raise VbpError(f"{source}: shape {shape.in_features}->{shape.hidden} has non-positive times")
+            if not all(np.isfinite(curve.ms)) or min(curve.ms) < 0:
+                raise VbpError(f"{source}: shape {shape.in_features}->{shape.hidden} has negative times")
         if len(self.shapes) != len(self.curves) or any(not 0 <= i < len(self.shapes) for i in self.sites.values()):
             raise VbpError(f"{source}: its sites point at shapes it does not have")

@@ -8,11 +8,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from ..errors import VbpError
-from ..families import hf
+from ..families import hf, python_builder
 from ..models import example_input, model_name
 from .digits import digits_split
 from .text import Sentences, Tokenize, read_sentences, tokenizer_of
 from .unreadable import skip_unreadable
+
+DIGITS_SHAPE = (1, 8, 8)  # one image of `digits_split`
 
 
 def synthetic(model: nn.Module, num_inputs: int, seed: int = 0) -> TensorDataset:
@@ -70,6 +72,14 @@ def check_data(spec: str, model: nn.Module) -> None:
             f"{spec} is text, for Hugging Face text models, and {model_name(model) or 'this model'} is not one: "
             "give an image folder, 'digits' or 'synthetic'"
         )
+    if spec == "digits" and not python_builder.owns(model) and not is_text_model(model):
+        shape = tuple(example_input(model).shape[1:])
+        if shape != DIGITS_SHAPE:
+            raise VbpError(
+                f"'digits' are {'x'.join(map(str, DIGITS_SHAPE))} images, for the embedded vbp_digits_vit, and "
+                f"{model_name(model) or 'this model'} takes {'x'.join(map(str, shape))}: give --data DIR (an image "
+                "folder) or 'synthetic'"
+            )
 
 
 def first_input_shape(spec: str, model: nn.Module, skip_bad: bool = False) -> tuple[int, ...]:

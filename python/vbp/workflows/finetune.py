@@ -54,8 +54,11 @@ class FinetuneConfig:
             raise VbpError("epochs and batch size must be at least 1")
         if self.max_batches is not None and self.max_batches < 1:
             raise VbpError(f"num_batches must be at least 1, got {self.max_batches}")
-        if not 0 <= self.kd_alpha <= 1 or self.kd_temperature <= 0:
-            raise VbpError("kd_alpha must be in [0, 1] and kd_temperature positive")
+        if not 0 <= self.kd_alpha <= 1 or not 0 < self.kd_temperature < math.inf:
+            raise VbpError(
+                "--kd-alpha must be in [0, 1] and --kd-temperature a positive finite number (e.g. 2), got "
+                f"{self.kd_alpha} and {self.kd_temperature}"
+            )
         if not (0 < self.lr < 1) or self.lr != self.lr:
             raise VbpError(f"the learning rate must be a positive number below 1 (typical: 1e-5 to 1e-3), got {self.lr}")
 
