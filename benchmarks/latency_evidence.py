@@ -44,7 +44,7 @@ from vbp.timing import interleaved_medians
 
 ROOT = Path(__file__).resolve().parent.parent
 MINILM = "all-MiniLM-L6-v2"
-RATIOS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 ROUND_TOS = (8, 1)
 BEGIN, END = "<!-- latency-evidence:begin -->", "<!-- latency-evidence:end -->"
 DONE_WHEN = (

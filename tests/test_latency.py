@@ -134,6 +134,20 @@ def test_select_to_a_speedup_keeps_the_most_variance_that_fits(seed, target):
         assert plan.pruned(n).numel() == 0 or v[plan.kept(n)].min() >= v[plan.pruned(n)].max()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_uniform_target_is_the_best_single_width_that_fits(seed):
+    stats, table = random_case(seed)
+    plan = vbp.select(stats, target_speedup=1.3, latency=table, scope="uniform")
+    assert plan.scope == "uniform" and len(set(plan.kept_widths.values())) == 1
+    budget = table.full_ms / 1.3
+    sizes = sorted({w for c in table.curves for w, _ in c.candidates() if w > 0})
+    fits = [u for u in sizes if table.predict_ms({n: u for n in table.sites}) <= budget]
+    best = max(fits, key=lambda u: sum(float(stats.sites[n].variance.sort(descending=True).values[:u].sum())
+                                       for n in table.sites))
+    assert kept_score(stats, plan) == pytest.approx(
+        sum(float(stats.sites[n].variance.sort(descending=True).values[:best].sum()) for n in table.sites))
+
+
 def test_a_deliberately_slow_width_is_never_chosen():
     stats, _ = random_case(0)
     widths = list(range(8, 49, 8))

@@ -72,15 +72,16 @@ def select(
     Instead of `ratio`, target_speedup=X (or latency_budget_ms=T) with `latency`, a `vbp.latency.LatencyTable`
     of the model: the widths (measured ones, multiples of round_to, at least min_keep) that keep the most score
     of `criterion` with a predicted speed-up of at least X (latency of at most T ms), chosen by an exact
-    knapsack (`vbp.latency.knapsack`); the plan has scope "latency" and records target and prediction.
+    knapsack (`vbp.latency.knapsack`; scope="uniform": the best one width for all); the plan has scope
+    "latency" (or "uniform") and records target and prediction.
     """
     targeted = target_speedup is not None or latency_budget_ms is not None
     if (ratio is None) != targeted:
         raise VbpError("give select either ratio or a latency target (target_speedup= or latency_budget_ms=)")
     if targeted and latency is None:
         raise VbpError("a latency target needs latency=, the model's LatencyTable (vbp.latency.profile)")
-    if targeted and scope != "global":
-        raise VbpError(f"scope='{scope}' applies to a ratio; a latency target chooses every site's width itself")
+    if targeted and scope == "layer":
+        raise VbpError("scope='layer' applies to a ratio; a latency target chooses every site's width itself")
     if not targeted:
         check_ratio(ratio)
     if not stats.sites:
@@ -94,9 +95,11 @@ def select(
     if targeted:
         from .latency.knapsack import keep_for_target
 
-        keep, target = keep_for_target(scores, latency, target_speedup, latency_budget_ms, min_keep, round_to)
+        uniform = scope == "uniform"
+        keep, target = keep_for_target(scores, latency, target_speedup, latency_budget_ms, min_keep, round_to, uniform)
         pruned_fraction = 1 - sum(map(len, keep.values())) / sum(widths.values())
-        return Plan(stats.model, pruned_fraction, "latency", dict(widths), keep, criterion.to_dict(), target)
+        return Plan(stats.model, pruned_fraction, scope if uniform else "latency", dict(widths), keep,
+                    criterion.to_dict(), target)
 
     if scope == "layer":
         n_pruned = {name: min(round(ratio * w), w - min_keep) for name, w in widths.items()}

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from ..errors import VbpError
 from ..files import check_writable
-from .options import add_data_args, add_model_args, add_resume_args, calibrate_on_data, check_resume_args, model_of
+from .arguments import add_data_args, add_model_args, add_resume_args
+from .options import calibrate_on_data, check_resume_args, model_of
 from .paths import check_outputs_spare_inputs
 from .session import distributed_session
 

@@ -18,11 +18,8 @@ from ..timing import interleaved_medians, latencies
 from ..workflows.data import is_text_model
 from ..workflows.evaluate import accuracy, latency_images, retention
 from ..workflows.text import embedding_agreement, read_sentences, sentence_embeddings, text_loader, tokenizer_of
+from .arguments import add_data_args, add_model_args, add_selection_args, add_stats_args
 from .options import (
-    add_data_args,
-    add_model_args,
-    add_selection_args,
-    add_stats_args,
     batches,
     check_model_of_pruned,
     check_stats_args,

@@ -9,15 +9,8 @@ from ..files import check_writable
 from ..models import create_model
 from ..workflows.data import dataset, is_text_model
 from ..workflows.finetune import FinetuneConfig, finetune
-from .options import (
-    add_data_args,
-    add_model_args,
-    add_resume_args,
-    check_model_of_pruned,
-    check_resume_args,
-    reference_of,
-    val_dataset,
-)
+from .arguments import add_data_args, add_model_args, add_resume_args
+from .options import check_model_of_pruned, check_resume_args, reference_of, val_dataset
 from .paths import FINETUNE_FILES, check_outputs_spare_inputs
 from .session import distributed_session
 

@@ -1,7 +1,7 @@
-"""Arguments several commands share, and the helpers that turn their values into models, data and statistics.
-The helpers take values, not the argparse namespace, so the library can call them too."""
+"""The checks of the arguments several commands share (`arguments.py` declares them), and the helpers that turn
+their values into models, data and statistics. The helpers take values where they can, so the library can call
+them too."""
 
-import argparse
 import copy
 import itertools
 import sys
@@ -12,145 +12,20 @@ from torch import nn
 
 from ..batches import run_model
 from ..calibrate import calibrate
-from ..compensation import COMPENSATIONS, Affine, Compensation
-from ..covariance import DEFAULT_RIDGE
-from ..criteria import CRITERIA
+from ..compensation import Affine, Compensation
 from ..distributed import shard
 from ..errors import VbpError
 from ..families import family_for_id, find_sites, python_builder, site_widths
 from ..families.embedded import MODEL_NAME
 from ..families.spec import check_flow
 from ..fingerprint import weights_fingerprint
-from ..latency.profile import RUNTIMES
 from ..method import needs_covariance
 from ..model_attributes import PRUNING
 from ..models import create_model, example_input, model_name
 from ..prune import prune
-from ..recorder import BACKENDS
-from ..select import SCOPES, select
+from ..select import select
 from ..stats import Stats
 from ..workflows.data import check_data, dataset, first_input_shape, loader
-
-
-def add_model_args(p: argparse.ArgumentParser, input_size: bool = True) -> None:
-    p.add_argument(
-        "--model",
-        default=MODEL_NAME,
-        help="a timm name, hf:DIR_OR_ID (Hugging Face), tv:NAME (torchvision) or py:MODULE:FUNCTION (a builder of "
-        "your own); the default is the embedded digits ViT",
-    )
-    p.add_argument(
-        "--sites",
-        action="append",
-        metavar="SPEC",
-        help="name the MLPs yourself, PARENTS:FC1->FC2 or PARENTS:GATE,UP->DOWN (repeatable), e.g. "
-        "'encoder.layer.*:intermediate.dense->output.dense'; without it the model's family finds them",
-    )
-    p.add_argument("--pretrained", action="store_true", help="load the model's pretrained timm weights")
-    p.add_argument(
-        "--num-classes",
-        type=int,
-        help="build the model with this many classes (a checkpoint fine-tuned with its own head; timm and tv models)",
-    )
-    p.add_argument("--checkpoint", help="load weights from this file (safetensors or a torch state dict)")
-    if input_size:
-        p.add_argument(
-            "--input-size",
-            metavar="C,H,W",
-            help="the input shape of a py: model (for MACs, synthetic data and the --sites check; default: that "
-            "of the first input of --data)",
-        )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data",
-        default="digits",
-        help="an ImageFolder directory (or a flat folder of images), a .txt file of sentences (one per line, for "
-        "text models), 'digits' (embedded) or 'synthetic' (random inputs)",
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-batches", type=int, help="use at most this many batches")
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="auto",
-        help="statistics backend: fused Triton kernel, PyTorch hooks, or auto (Triton on CUDA)",
-    )
-    p.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave out images that cannot be read instead of stopping at the first one",
-    )
-    p.add_argument(
-        "--skip-nonfinite",
-        action="store_true",
-        help="leave out (and count) batches whose activations hold NaN/Inf instead of stopping",
-    )
-
-
-def add_selection_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--scope",
-        choices=SCOPES,
-        default="global",
-        help="rank neurons across all layers, per layer, or keep one width at every site (uniform: the layout "
-        "`vbp export --hf` writes as a standard folder)",
-    )
-    p.add_argument(
-        "--criterion", choices=CRITERIA.names(), default="variance", help="neuron score (VBP's is variance)"
-    )
-    p.add_argument(
-        "--compensation",
-        choices=COMPENSATIONS.names(),
-        default="mean",
-        help="what replaces pruned hidden values: their mean (VBP), their least-squares prediction from the kept "
-        "ones (affine; calibrates with covariance), or nothing",
-    )
-    p.add_argument("--no-compensation", action="store_true", help="the same as --compensation none")
-    p.add_argument(
-        "--ridge",
-        type=float,
-        help=f"affine compensation's ridge, relative to the kept neurons' mean variance (default {DEFAULT_RIDGE})",
-    )
-    p.add_argument("--min-keep", type=int, default=1, help="keep at least this many neurons per MLP")
-    p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
-
-
-def add_latency_args(p: argparse.ArgumentParser) -> None:
-    """--latency-batch and --runtime: the batch and runtime a latency table is measured for."""
-    p.add_argument(
-        "--latency-batch",
-        type=int,
-        metavar="N",
-        help="inputs per batch the latency is measured at (the model's example input repeated)",
-    )
-    p.add_argument(
-        "--runtime",
-        choices=RUNTIMES,
-        help=f"how the pruned model will run: as it is (eager) or after vbp.compact (compact); default "
-        f"{RUNTIMES[0]}, or that of --latency-table",
-    )
-
-
-def add_stats_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stats", help="statistics from `vbp calibrate` (default: calibrate on --data now)")
-    p.add_argument(
-        "--stats-anyway",
-        action="store_true",
-        help="use --stats even if they were gathered on other weights than the model's",
-    )
-
-
-def add_resume_args(p: argparse.ArgumentParser, resumes_from: str, result_options: str) -> None:
-    """--resume (from `resumes_from`) and --resume-anyway (accept other `result_options` than the checkpoint's)."""
-    p.add_argument("--resume", action="store_true", help=f"continue an interrupted run from {resumes_from}")
-    p.add_argument(
-        "--resume-anyway",
-        action="store_true",
-        help=f"with --resume: accept options ({result_options}, ...) that differ from the checkpoint's",
-    )
 
 
 def check_resume_args(args) -> None:

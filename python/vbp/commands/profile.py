@@ -6,7 +6,8 @@ import torch
 from ..errors import VbpError
 from ..files import check_writable
 from ..latency.profile import DEFAULT_ROUNDS, RUNTIMES, check_batch, profile
-from .options import add_latency_args, add_model_args, model_of
+from .arguments import add_latency_args, add_model_args
+from .options import model_of
 from .paths import check_outputs_spare_inputs
 
 NAME = "profile"

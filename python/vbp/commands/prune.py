@@ -10,18 +10,8 @@ from ..latency import LatencyTable, measure_speedup, table_for
 from ..latency.profile import RUNTIMES, check_batch
 from ..select import check_ratio, check_selection_options
 from ..workflows.report import format_summary, summarize, write_summary
-from .options import (
-    add_data_args,
-    add_latency_args,
-    add_model_args,
-    add_selection_args,
-    add_stats_args,
-    check_stats_args,
-    compensation_of,
-    model_of,
-    pruned_model,
-    stats_for,
-)
+from .arguments import add_data_args, add_latency_args, add_model_args, add_selection_args, add_stats_args
+from .options import check_stats_args, compensation_of, model_of, pruned_model, stats_for
 from .paths import check_outputs_spare_inputs, command_outputs
 
 NAME = "prune"
@@ -91,7 +81,7 @@ def check_target_args(args) -> None:
         raise VbpError(f"give one of --ratio, --target-speedup and --latency-budget-ms, not {' and '.join(given) or 'none'}")
     if args.ratio is not None:
         check_ratio(args.ratio)
-    elif args.scope != "global":
+    elif args.scope == "layer":
         raise VbpError(f"--scope {args.scope} applies to --ratio; {given[0]} chooses every site's width itself")
     if args.target_speedup is not None and not args.target_speedup > 1:
         raise VbpError(f"--target-speedup must be above 1 (1.5 is 1.5x faster), got {args.target_speedup}")

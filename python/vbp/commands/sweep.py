@@ -10,15 +10,8 @@ from ..files import check_writable
 from ..select import check_selection_options
 from ..workflows.data import dataset
 from ..workflows.finetune import FinetuneConfig
-from .options import (
-    add_data_args,
-    add_model_args,
-    add_selection_args,
-    calibrate_on_data,
-    compensation_of,
-    model_of,
-    val_dataset,
-)
+from .arguments import add_data_args, add_model_args, add_selection_args
+from .options import calibrate_on_data, compensation_of, model_of, val_dataset
 from .paths import check_outputs_spare_inputs
 
 NAME = "sweep"

@@ -64,21 +64,31 @@ def site_options(
 
 
 def widths_for_budget(
-    scores: dict[str, torch.Tensor], table: LatencyTable, budget_ms: float, min_keep: int = 1, round_to: int = 1
+    scores: dict[str, torch.Tensor],
+    table: LatencyTable,
+    budget_ms: float,
+    min_keep: int = 1,
+    round_to: int = 1,
+    uniform: bool = False,
 ) -> dict[str, int]:
-    """The kept width of every site that keeps the most score within `budget_ms` predicted end to end.
+    """The kept width of every site that keeps the most score within `budget_ms` predicted end to end; with
+    `uniform`, one width u for all sites (min(u, its width) at narrower ones), the best of the candidates' widths.
 
     A VbpError, giving the best reachable latency and speed-up, when even the narrowest candidates exceed it."""
     options = site_options(scores, table, min_keep, round_to)
     names = list(options)
-    floor_ms = table.fixed_ms + sum(float(costs.min()) for _, _, costs in options.values())
-    room = budget_ms - table.fixed_ms
-    picked = None
-    if room > 0:
-        picked = knapsack([options[n][1] for n in names], [options[n][2] for n in names], room,
-                          STEPS_PER_SITE * len(names))
-    if picked is None and floor_ms <= budget_ms:  # fits, but only within the rounding of the units
-        picked = [int(np.argmin(options[n][2])) for n in names]
+    if uniform:
+        picked, floor_ms = _uniform_widths(scores, table, budget_ms, sorted({w for o in options.values() for w in o[0]}))
+    else:
+        floor_ms = table.fixed_ms + sum(float(costs.min()) for _, _, costs in options.values())
+        room = budget_ms - table.fixed_ms
+        choice = None
+        if room > 0:
+            choice = knapsack([options[n][1] for n in names], [options[n][2] for n in names], room,
+                              STEPS_PER_SITE * len(names))
+        if choice is None and floor_ms <= budget_ms:  # fits, but only within the rounding of the units
+            choice = [int(np.argmin(options[n][2])) for n in names]
+        picked = None if choice is None else {n: options[n][0][c] for n, c in zip(names, choice)}
     if picked is None:
         full_ms = table.predict_ms(table.widths)
         raise VbpError(
@@ -86,7 +96,24 @@ def widths_for_budget(
             f"the narrowest widths the table and min_keep={min_keep}, round_to={round_to} allow give "
             f"{floor_ms:.1f} ms, a {full_ms / floor_ms:.2f}x speed-up at best; ask for less"
         )
-    return {n: options[n][0][c] for n, c in zip(names, picked)}
+    return picked
+
+
+def _uniform_widths(
+    scores: dict[str, torch.Tensor], table: LatencyTable, budget_ms: float, sizes: list[int]
+) -> tuple[dict[str, int] | None, float]:
+    """(the widths min(u, site width) of the size u in `sizes` that keeps the most score within `budget_ms`, or
+    None; the least predicted latency of any size)."""
+    prefix = {n: torch.sort(s.double(), descending=True).values.cumsum(0) for n, s in scores.items()}
+    best, best_value, floor_ms = None, -float("inf"), float("inf")
+    for u in sizes:
+        widths = {n: min(u, table.widths[n]) for n in scores}
+        ms = table.predict_ms(widths)
+        floor_ms = min(floor_ms, ms)
+        value = sum(float(prefix[n][w - 1]) for n, w in widths.items())
+        if ms <= budget_ms and value > best_value:
+            best, best_value = widths, value
+    return best, floor_ms
 
 
 def _number(value) -> bool:
@@ -100,9 +127,11 @@ def keep_for_target(
     budget_ms: float | None = None,
     min_keep: int = 1,
     round_to: int = 1,
+    uniform: bool = False,
 ) -> tuple[dict[str, list[int]], dict]:
     """(kept neuron indices per site, the target's record for the Plan) for a predicted speed-up of at least
-    `target_speedup` over the full model, or a predicted latency of at most `budget_ms` (give one)."""
+    `target_speedup` over the full model, or a predicted latency of at most `budget_ms` (give one); `uniform`:
+    one width for all sites (see `widths_for_budget`)."""
     if (target_speedup is None) == (budget_ms is None):
         raise VbpError("give one of target_speedup and latency_budget_ms")
     if set(scores) != set(table.sites) or any(table.widths[n] != s.numel() for n, s in scores.items()):
@@ -117,7 +146,7 @@ def keep_for_target(
         budget_ms = full_ms / target_speedup
     elif not _number(budget_ms) or not budget_ms > 0:
         raise VbpError(f"the latency budget must be a positive number of milliseconds, got {budget_ms!r}")
-    widths = widths_for_budget(scores, table, budget_ms, min_keep, round_to)
+    widths = widths_for_budget(scores, table, budget_ms, min_keep, round_to, uniform)
     keep = {n: sorted(torch.argsort(scores[n].double(), descending=True, stable=True)[:w].tolist())
             for n, w in widths.items()}
     predicted_ms = table.predict_ms(widths)
