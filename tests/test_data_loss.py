@@ -23,6 +23,7 @@ COMMANDS = {
                  {"--output": "folder"}),
     "sweep": (["--output", OTHER], ["--model", "--checkpoint", "--data", "--val-data"], {"--output": "folder"}),
     "export": (["--pruned", OTHER], ["--pruned", "--source"], {"--onnx": "file", "--hf": "folder"}),
+    "profile": ([], ["--model", "--checkpoint"], {"--output": "file"}),
 }
 FOLDER_INPUTS = {"--model", "--teacher", "--source"}  # hf: folders (--source: the folder itself)
 FILE_OR_FOLDER_INPUTS = {"--data", "--val-data"}  # a .txt file or an image folder

@@ -127,10 +127,15 @@ def _resized(
     w = layer.weight
     # Built on the meta device and then given storage: no time spent on an initialisation that is overwritten.
     kwargs = dict(bias=layer.bias is not None if bias is None else bias, device="meta", dtype=w.dtype)
-    if isinstance(layer, nn.Linear):
-        new = nn.Linear(in_features or layer.in_features, out_features or layer.out_features, **kwargs)
+    linear = isinstance(layer, nn.Linear)
+    if in_features is None:  # (a width of 0 is a width)
+        in_features = layer.in_features if linear else layer.in_channels
+    if out_features is None:
+        out_features = layer.out_features if linear else layer.out_channels
+    if linear:
+        new = nn.Linear(in_features, out_features, **kwargs)
     else:
-        new = nn.Conv2d(in_features or layer.in_channels, out_features or layer.out_channels, kernel_size=1, **kwargs)
+        new = nn.Conv2d(in_features, out_features, kernel_size=1, **kwargs)
     return new.to_empty(device=w.device)
 
 
