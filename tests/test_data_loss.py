@@ -203,3 +203,24 @@ def test_message_text_models_on_eval_and_finetune(bert_folder, tmp_path, capsys,
     err = capsys.readouterr().err
     assert "has no accuracy to measure alone" in err and "trains image classifiers for now" in err
     assert "Traceback" not in err and not list((tmp_path / "ft").glob("*"))
+
+
+def test_data_loss_reused_inputs_are_not_outputs_and_an_onnx_file_stays_out_of_the_hf_folder(tmp_path):
+    """prune --stats p/stats.safetensors --output p/ reuses an earlier run's statistics (prune writes no statistics
+    then); an existing --latency-table is read, not written; export --onnx inside the --hf folder it replaces is
+    refused."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "stats.safetensors").write_bytes(b"stats")
+    (tmp_path / "t.json").write_text("{}")
+    parse = build_parser().parse_args
+    args = parse(["prune", "--ratio", "0.5", "--stats", str(tmp_path / "p" / "stats.safetensors"),
+                  "--output", str(tmp_path / "p"), "--latency-table", str(tmp_path / "t.json")])
+    check_outputs_spare_inputs("prune", args)  # no error
+    args = parse(["prune", "--ratio", "0.5", "--latency-table", str(tmp_path / "t.json"), "--summary",
+                  str(tmp_path / "t.json")])
+    with pytest.raises(vbp.VbpError, match="same file as the input"):
+        check_outputs_spare_inputs("prune", args)
+    args = parse(["export", "--pruned", str(tmp_path / "m.safetensors"), "--hf", str(tmp_path / "out"), "--onnx",
+                  str(tmp_path / "out" / "m.onnx")])
+    with pytest.raises(vbp.VbpError, match="lies inside --hf"):
+        check_outputs_spare_inputs("export", args)

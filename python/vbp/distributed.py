@@ -33,6 +33,12 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def barrier() -> None:
+    """Wait for every rank (a no-op outside torch.distributed)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

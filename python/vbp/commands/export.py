@@ -6,7 +6,16 @@ from pathlib import Path
 from ..checkpoint import load_pruned
 from ..errors import VbpError
 from ..files import check_writable
-from ..workflows.export import OPSET, TOLERANCE, check_hf_paths, export_hf, export_onnx, source_folder
+from ..workflows.export import (
+    OPSET,
+    TOLERANCE,
+    check_hf_paths,
+    export_hf,
+    export_onnx,
+    hf_model,
+    source_folder,
+    uniform_width,
+)
 from .paths import check_outputs_spare_inputs
 
 NAME = "export"
@@ -54,8 +63,10 @@ def run(args) -> None:
     if args.onnx:
         check_writable(args.onnx)
     model = load_pruned(args.pruned)
-    if args.hf:  # paths checked before the (slower) ONNX export
-        source = Path(args.source) if args.source else source_folder(model) if hasattr(model, "config") else None
+    if args.hf:  # everything --hf needs is checked before the (slower) ONNX export
+        hf_model(model)
+        uniform_width(model, args.pad_to_uniform)
+        source = Path(args.source) if args.source else source_folder(model)
         check_hf_paths(Path(args.hf), source, args.overwrite)
     if args.onnx:
         result = export_onnx(model, args.onnx, opset=args.opset, check_batch=args.check_batch)

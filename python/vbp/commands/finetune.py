@@ -6,11 +6,10 @@ from pathlib import Path
 from ..checkpoint import load_pruned, save_pruned
 from ..errors import VbpError
 from ..files import check_writable
-from ..models import create_model
 from ..workflows.data import dataset, is_text_model
 from ..workflows.finetune import FinetuneConfig, finetune
 from .arguments import add_data_args, add_model_args, add_resume_args
-from .options import check_model_of_pruned, check_resume_args, reference_of, val_dataset
+from .options import check_model_of_pruned, check_resume_args, load_model, reference_of, val_dataset, weights_of
 from .paths import FINETUNE_FILES, check_outputs_spare_inputs
 from .session import distributed_session
 
@@ -71,7 +70,8 @@ def run(args) -> None:
             )
         teacher = None
         if not args.no_kd and args.teacher:
-            teacher = create_model(args.teacher, pretrained=args.pretrained, checkpoint=args.checkpoint).to(device)
+            weights = weights_of(args.teacher, args.pretrained, args.checkpoint, args.num_classes)
+            teacher = load_model(args.teacher, weights, device)  # seeded random weights are warned of, as --model's
         elif not args.no_kd:
             teacher = reference_of(student, args.pretrained, args.checkpoint, args.num_classes, device)
         train = dataset(args.data, student, split="train", training=True, skip_bad=args.skip_bad_images)

@@ -44,6 +44,7 @@ def command_inputs(command: str, args) -> dict[str, str]:
         "--pruned": get("pruned"),
         "--source": get("source"),
         "--stats": None if command == "calibrate" else get("stats"),
+        "--latency-table": get("latency_table") if get("latency_table") and Path(get("latency_table")).exists() else None,
     }
     return {option: path for option, path in inputs.items() if path}
 
@@ -56,14 +57,17 @@ def command_outputs(command: str, args) -> dict[Path, str]:
         outputs = {Path(args.stats): "--stats", Path(f"{args.stats}.partial"): "--stats (its .partial)"}
     if command == "profile":
         outputs = {Path(args.output): "--output"}
-    if command == "export":  # --hf: a folder, replaced whole (its inputs inside it are refused by the command)
+    if command == "export":  # --hf: a folder, replaced whole
         outputs = {Path(v): f"--{k}" for k, v in (("onnx", get("onnx")), ("hf", get("hf"))) if v}
-    if command == "prune" and get("latency_table"):  # written when prune measures it
-        _add_output(outputs, Path(args.latency_table), "--latency-table")
+        if get("onnx") and get("hf") and Path(args.onnx).resolve().is_relative_to(Path(args.hf).resolve()):
+            raise VbpError(f"--onnx {args.onnx} lies inside --hf {args.hf}, which is replaced whole: write it elsewhere")
+    if command == "prune" and get("latency_table") and not Path(args.latency_table).exists():
+        _add_output(outputs, Path(args.latency_table), "--latency-table")  # written when prune measures it
     folder_files = {"prune": PRUNE_FILES, "finetune": FINETUNE_FILES, "sweep": SWEEP_FILES, "demo": DEMO_FILES}
     if get("output") and command in folder_files:
         for name in folder_files[command]:
-            _add_output(outputs, Path(args.output) / name, "--output")
+            if not (command == "prune" and name == "stats.safetensors" and get("stats")):  # written when it calibrated
+                _add_output(outputs, Path(args.output) / name, "--output")
     if get("summary"):
         _add_output(outputs, Path(args.summary), "--summary")
     return outputs

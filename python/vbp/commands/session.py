@@ -3,7 +3,7 @@
 import contextlib
 from typing import Iterator
 
-from ..distributed import init_from_env, rank_and_world, shutdown
+from ..distributed import barrier, init_from_env, rank_and_world, shutdown
 
 
 @contextlib.contextmanager
@@ -16,5 +16,8 @@ def distributed_session(device: str) -> Iterator[tuple[str, int, int]]:
     rank, world = rank_and_world()
     try:
         yield device, rank, world
+        # every rank done with its collectives before any tears the group down (gloo aborts a process whose
+        # group goes while its worker threads still hold work)
+        barrier()
     finally:
         shutdown()

@@ -78,6 +78,7 @@ def run(args) -> None:
         scope=args.scope,
         min_keep=args.min_keep,
         round_to=args.round_to,
+        batch_size=args.batch_size,
     )
     write_tables(result, args.model, output)
     figure_rate = min(rates, key=lambda r: abs(r - args.figure_rate))

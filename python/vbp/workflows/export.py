@@ -142,6 +142,8 @@ def _example_inputs(model: nn.Module, example, batch: int, seed: int, tokens: in
 
 def max_relative_error(got, want) -> float:
     """max |got - want| / max |want| over all outputs."""
+    if len(got) != len(want):
+        raise VbpError(f"onnxruntime gave {len(got)} outputs where PyTorch gives {len(want)}")
     worst = 0.0
     for g, w in zip(got, want):
         g, w = torch.as_tensor(g).double(), w.detach().double()
@@ -201,14 +203,18 @@ def export_onnx(
         except Exception as exc:  # the exporter raises many kinds; say what in one line
             message = " ".join(str(exc).split())[:400]
             raise VbpError(f"torch.onnx.export failed for {type(model).__name__}: {message}") from exc
-        proto = onnx.load(str(tmp))
-        onnx.checker.check_model(proto)
-        recorded = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
         fresh = _example_inputs(model, example, check_batch, seed=1, tokens=TEXT_TOKENS + 7 if text else None)
-        options = onnxruntime.SessionOptions()
-        options.log_severity_level = 3
-        session = onnxruntime.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
-        got = session.run(None, {n: v.numpy() for n, v in zip(names, fresh)})
+        try:
+            proto = onnx.load(str(tmp))
+            onnx.checker.check_model(proto)
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3
+            session = onnxruntime.InferenceSession(str(tmp), options, providers=["CPUExecutionProvider"])
+            got = session.run(None, {n: v.numpy() for n, v in zip(names, fresh)})
+        except Exception as exc:  # onnx and onnxruntime raise their own kinds; say what in one line
+            message = " ".join(str(exc).split())[:400]
+            raise VbpError(f"the exported ONNX file of {type(model).__name__} does not check or run: {message}") from exc
+        recorded = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
         with torch.no_grad():
             want = wrapped(*fresh)
         error = max_relative_error(got, want)
@@ -224,7 +230,7 @@ def export_onnx(
 # ---------------------------------------------------------------------------------------- Hugging Face folder
 
 
-def _hf_model(model: nn.Module):
+def hf_model(model: nn.Module):
     from ..families import hf
 
     if not hf.owns(model):
@@ -406,7 +412,7 @@ def export_hf(
     from_pretrained and compared with `model` on random input before it is renamed into place.
     Returns {"path", "intermediate_size", "padded_sites", "copied", "sentence_transformers", "max_rel_error"}.
     """
-    _hf_model(model)
+    hf_model(model)
     _transformers_quiet()
     out = Path(out_dir)
     source = Path(source) if source is not None else source_folder(model)
