@@ -106,6 +106,22 @@ def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
         save_file(cpu, tmp, metadata={"vbp": json.dumps(meta)})
 
 
+def read_json(path: str | os.PathLike, expected_format: str, what: str, how_to_make: str = "") -> dict:
+    """The JSON document of a vbp file (a plan, a latency table); clear errors for a missing, unreadable or
+    foreign file. what: the kind of file, for messages; how_to_make: the command that makes one."""
+    fix = f"; {how_to_make}" if how_to_make else ""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except FileNotFoundError as exc:
+        raise VbpError(f"{what} {path} does not exist{fix}") from exc
+    except (OSError, ValueError) as exc:
+        raise VbpError(f"{path} is not a readable {what} ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != expected_format:
+        raise VbpError(f"{path} is not a vbp {what} (expected format '{expected_format}'){fix}")
+    return doc
+
+
 def read_safetensors(
     path: str | os.PathLike, expected_format: str | tuple[str, ...], what: str
 ) -> tuple[dict[str, torch.Tensor], dict]:

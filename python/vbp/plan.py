@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import VbpError
-from .files import write_text_atomic
+from .files import read_json, write_text_atomic
 
 FORMAT = "vbp-plan/1"
 
@@ -82,15 +82,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Plan":
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except FileNotFoundError as exc:
-            raise VbpError(f"plan file {path} does not exist") from exc
-        except (OSError, ValueError) as exc:
-            raise VbpError(f"{path} is not a readable plan file ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise VbpError(f"{path} is not a vbp plan file (expected format '{FORMAT}')")
+        doc = read_json(path, FORMAT, "plan file")
         try:
             plan = cls(
                 str(doc["model"]),

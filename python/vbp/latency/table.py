@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import VbpError
-from ..files import write_text_atomic
+from ..files import read_json, write_text_atomic
 
 FORMAT = "vbp-latency/1"
 
@@ -129,15 +129,7 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
-        try:
-            with open(path) as f:
-                doc = json.load(f)
-        except FileNotFoundError as exc:
-            raise VbpError(f"latency table {path} does not exist; measure one with `vbp profile --output {path}`") from exc
-        except (OSError, ValueError) as exc:
-            raise VbpError(f"{path} is not a readable latency table ({exc})") from exc
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise VbpError(f"{path} is not a vbp latency table (expected format '{FORMAT}'); make one with vbp profile")
+        doc = read_json(path, FORMAT, "latency table", f"measure one with `vbp profile --output {path}`")
         try:
             shapes = [MlpShape.from_dict({k: v for k, v in s.items() if k not in ("widths", "ms")}) for s in doc["shapes"]]
             curves = [WidthCurve([int(w) for w in s["widths"]], [float(m) for m in s["ms"]]) for s in doc["shapes"]]
