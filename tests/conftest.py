@@ -90,3 +90,15 @@ def run_torchrun(port: int, *vbp_args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
     return subprocess.run([*cmd, "-m", "vbp", *vbp_args], env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def digits_files(tmp_path_factory):
+    """What a user has, in a folder of its own per test module: statistics of the embedded digits ViT on 256
+    training images (stats.safetensors) and the model pruned by half from them (pruned.safetensors)."""
+    d = tmp_path_factory.mktemp("digits_files")
+    model = vbp.create_model("vbp_digits_vit", pretrained=True)
+    stats = vbp.calibrate(model, vbp.workflows.data.loader(vbp.digits_split("train"), 256), num_batches=1, progress=False)
+    stats.save(d / "stats.safetensors")
+    vbp.save_pruned(vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.5), stats), d / "pruned.safetensors")
+    return d

@@ -1,7 +1,6 @@
 """Data loss and silently wrong results: no command writes onto or into what the user has, a fine-tuning run is
 never started over on top of another, and statistics are only used with the weights they were gathered on."""
 
-import copy
 import json
 import os
 
@@ -98,18 +97,8 @@ def test_data_loss_prune_leaves_the_hf_folder_and_the_data_as_they_were(bert_fol
     assert _snapshot(bert_folder) == before
 
 
-@pytest.fixture(scope="module")
-def pruned_file(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pruned")
-    model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    stats = vbp.calibrate(model, vbp.workflows.data.loader(vbp.digits_split("train"), 256), num_batches=1, progress=False)
-    vbp.save_pruned(vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.5), stats), d / "pruned.safetensors")
-    stats.save(d / "stats.safetensors")
-    return d
-
-
-def test_data_loss_finetune_does_not_start_over_on_a_run(pruned_file, tmp_path, capsys):
-    args = ["finetune", "--pruned", str(pruned_file / "pruned.safetensors"), "--output", str(tmp_path / "run"),
+def test_data_loss_finetune_does_not_start_over_on_a_run(digits_files, tmp_path, capsys):
+    args = ["finetune", "--pruned", str(digits_files / "pruned.safetensors"), "--output", str(tmp_path / "run"),
             "--epochs", "1", "--num-batches", "1", "--batch-size", "8"]
     assert main(args) == 0
     before = _snapshot(tmp_path / "run")
@@ -131,25 +120,25 @@ def _weights_file(path, seed, name="vbp_digits_vit"):
     return str(path)
 
 
-def test_silent_statistics_of_other_weights_are_refused(pruned_file, tmp_path, capsys):
+def test_silent_statistics_of_other_weights_are_refused(digits_files, tmp_path, capsys):
     """Statistics of the embedded trained weights, used with another checkpoint: refused unless --stats-anyway."""
     other = _weights_file(tmp_path / "other.safetensors", seed=1)
-    args = ["prune", "--ratio", "0.5", "--stats", str(pruned_file / "stats.safetensors"), "--checkpoint", other]
+    args = ["prune", "--ratio", "0.5", "--stats", str(digits_files / "stats.safetensors"), "--checkpoint", other]
     assert main(args) == 2
     assert "gathered on other weights" in capsys.readouterr().err
     assert main([*args, "--stats-anyway"]) == 0
-    assert main(["prune", "--ratio", "0.5", "--stats", str(pruned_file / "stats.safetensors")]) == 0  # same weights
+    assert main(["prune", "--ratio", "0.5", "--stats", str(digits_files / "stats.safetensors")]) == 0  # same weights
     assert main(["prune", "--ratio", "0.5", "--stats-anyway"]) == 2 and "give it with --stats" in capsys.readouterr().err
 
 
-def test_silent_statistics_record_their_weights_and_old_files_still_load(pruned_file, tmp_path):
+def test_silent_statistics_record_their_weights_and_old_files_still_load(digits_files, tmp_path):
     from vbp.files import read_safetensors, write_safetensors
     from vbp.fingerprint import weights_fingerprint
 
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    stats = vbp.Stats.load(pruned_file / "stats.safetensors")
+    stats = vbp.Stats.load(digits_files / "stats.safetensors")
     assert stats.weights == weights_fingerprint(model) != weights_fingerprint(vbp.create_model("vbp_digits_vit"))
-    tensors, meta = read_safetensors(pruned_file / "stats.safetensors", "vbp-stats/2", "statistics")
+    tensors, meta = read_safetensors(digits_files / "stats.safetensors", "vbp-stats/2", "statistics")
     meta["images"] = meta.pop("inputs")  # a file written before the rename, without the weights record
     del meta["weights"]
     write_safetensors(tmp_path / "old.safetensors", tensors, meta)

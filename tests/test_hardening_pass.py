@@ -37,17 +37,6 @@ def build():
 MODULE = "vbp_hardening_pass_models"
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """What a user has: statistics and a pruned model of the embedded digits ViT, and its weights."""
-    d = tmp_path_factory.mktemp("pass_inputs")
-    model = vbp.create_model("vbp_digits_vit", pretrained=True)
-    stats = vbp.calibrate(model, vbp.workflows.data.loader(vbp.digits_split("train"), 256), num_batches=1, progress=False)
-    stats.save(d / "stats.safetensors")
-    vbp.save_pruned(vbp.prune(copy.deepcopy(model), vbp.select(stats, 0.5), stats), d / "pruned.safetensors")
-    return d
-
-
 @pytest.fixture
 def user_module(tmp_path, monkeypatch):
     (tmp_path / f"{MODULE}.py").write_text(BUILDER)
@@ -82,19 +71,19 @@ def _refused(capsys, args: list[str], *fragments: str, unchanged=()) -> str:
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "plan.json"])
-def test_data_loss_prune_summary_onto_a_file_of_its_output_folder_is_refused(inputs, tmp_path, capsys, name):
+def test_data_loss_prune_summary_onto_a_file_of_its_output_folder_is_refused(digits_files, tmp_path, capsys, name):
     out = tmp_path / "pruned"
     out.mkdir()
     (out / name).write_text("a result of an earlier run\n")
-    args = ["prune", "--stats", str(inputs / "stats.safetensors"), "--ratio", "0.5", "--output", str(out),
+    args = ["prune", "--stats", str(digits_files / "stats.safetensors"), "--ratio", "0.5", "--output", str(out),
             "--summary", str(out / name)]
     _refused(capsys, args, f"({'--summary'}) is also written as", "(--output)", "give --summary another path",
-             unchanged=[out, inputs])
+             unchanged=[out, digits_files])
 
 
-def test_data_loss_prune_summary_beside_the_output_files_still_works(inputs, tmp_path, capsys):
+def test_data_loss_prune_summary_beside_the_output_files_still_works(digits_files, tmp_path, capsys):
     out = tmp_path / "pruned"
-    args = ["prune", "--stats", str(inputs / "stats.safetensors"), "--ratio", "0.5", "--output", str(out),
+    args = ["prune", "--stats", str(digits_files / "stats.safetensors"), "--ratio", "0.5", "--output", str(out),
             "--summary", str(out / "summary.json")]
     assert main(args) == 0
     assert {p.name for p in out.iterdir()} == {"model.safetensors", "plan.json", "summary.json"}
@@ -104,17 +93,17 @@ def test_data_loss_prune_summary_beside_the_output_files_still_works(inputs, tmp
 
 
 @pytest.mark.parametrize("command", ["eval", "finetune"])
-def test_silent_pruned_with_another_model_is_refused(inputs, tmp_path, capsys, command):
-    args = [command, "--pruned", str(inputs / "pruned.safetensors"), "--model", "deit_tiny_patch16_224",
+def test_silent_pruned_with_another_model_is_refused(digits_files, tmp_path, capsys, command):
+    args = [command, "--pruned", str(digits_files / "pruned.safetensors"), "--model", "deit_tiny_patch16_224",
             "--num-batches", "1"]
     if command == "finetune":
         args += ["--output", str(tmp_path / "tuned"), "--epochs", "1"]
     _refused(capsys, args, "was pruned from vbp_digits_vit, not --model deit_tiny_patch16_224", "leave out --model",
-             unchanged=[inputs])
+             unchanged=[digits_files])
 
 
-def test_silent_pruned_with_its_own_model_is_accepted(inputs, capsys):
-    args = ["eval", "--pruned", str(inputs / "pruned.safetensors"), "--model", "vbp_digits_vit", "--num-batches", "1",
+def test_silent_pruned_with_its_own_model_is_accepted(digits_files, capsys):
+    args = ["eval", "--pruned", str(digits_files / "pruned.safetensors"), "--model", "vbp_digits_vit", "--num-batches", "1",
             "--batch-size", "16"]
     assert main(args) == 0
     assert '"retention_pct"' in capsys.readouterr().out
@@ -128,24 +117,24 @@ def test_silent_pruned_with_its_own_model_is_accepted(inputs, capsys):
         (["--compensation", "affine"], "--compensation"),
     ],
 )
-def test_silent_eval_pruned_refuses_options_of_a_model_pruned_now(inputs, capsys, extra, named):
-    extra = [str(inputs / "stats.safetensors") if a == "STATS" else a for a in extra]
-    args = ["eval", "--pruned", str(inputs / "pruned.safetensors"), "--num-batches", "1", *extra]
-    _refused(capsys, args, f"{named} shape a model pruned now (--ratio)", "leave them out", unchanged=[inputs])
+def test_silent_eval_pruned_refuses_options_of_a_model_pruned_now(digits_files, capsys, extra, named):
+    extra = [str(digits_files / "stats.safetensors") if a == "STATS" else a for a in extra]
+    args = ["eval", "--pruned", str(digits_files / "pruned.safetensors"), "--num-batches", "1", *extra]
+    _refused(capsys, args, f"{named} shape a model pruned now (--ratio)", "leave them out", unchanged=[digits_files])
 
 
 @pytest.mark.parametrize("temperature", ["nan", "inf"])
-def test_silent_finetune_refuses_a_temperature_that_is_not_finite(inputs, tmp_path, capsys, temperature):
-    args = ["finetune", "--pruned", str(inputs / "pruned.safetensors"), "--output", str(tmp_path / "tuned"),
+def test_silent_finetune_refuses_a_temperature_that_is_not_finite(digits_files, tmp_path, capsys, temperature):
+    args = ["finetune", "--pruned", str(digits_files / "pruned.safetensors"), "--output", str(tmp_path / "tuned"),
             "--kd-temperature", temperature, "--num-batches", "1"]
-    _refused(capsys, args, "--kd-temperature a positive finite number", unchanged=[inputs])
+    _refused(capsys, args, "--kd-temperature a positive finite number", unchanged=[digits_files])
     assert not (tmp_path / "tuned").exists()
 
 
 # --- messages -------------------------------------------------------------------------------------------------
 
 
-def test_message_digits_data_with_another_image_model(inputs, capsys):
+def test_message_digits_data_with_another_image_model(digits_files, capsys):
     args = ["prune", "--model", "deit_tiny_patch16_224", "--ratio", "0.5", "--num-batches", "1", "--batch-size", "2"]
     _refused(capsys, args, "'digits' are 1x8x8 images", "deit_tiny_patch16_224 takes 3x224x224", "--data DIR")
 
@@ -167,30 +156,30 @@ def test_message_py_model_input_size_it_takes_still_works(user_module, tmp_path)
 
 @pytest.mark.parametrize("command", ["eval", "finetune", "demo"])
 @pytest.mark.parametrize("device", ["gpu", "cuda:7"])
-def test_message_bad_device_in_every_command(inputs, tmp_path, capsys, command, device):
+def test_message_bad_device_in_every_command(digits_files, tmp_path, capsys, command, device):
     if device.startswith("cuda") and torch.cuda.device_count() > 7:
         pytest.skip("cuda:7 exists here")
     args = {
-        "eval": ["eval", "--pruned", str(inputs / "pruned.safetensors")],
-        "finetune": ["finetune", "--pruned", str(inputs / "pruned.safetensors"), "--output", str(tmp_path / "t")],
+        "eval": ["eval", "--pruned", str(digits_files / "pruned.safetensors")],
+        "finetune": ["finetune", "--pruned", str(digits_files / "pruned.safetensors"), "--output", str(tmp_path / "t")],
         "demo": ["demo", "--no-text", "--output", str(tmp_path / "demo")],
     }[command]
     _refused(capsys, [*args, "--device", device], f"--device {device}" if ":" in device else f"--device '{device}'",
-             unchanged=[inputs])
+             unchanged=[digits_files])
 
 
-def test_message_checkpoint_of_another_architecture_is_one_short_line(inputs, capsys):
-    args = ["calibrate", "--model", "deit_tiny_patch16_224", "--checkpoint", str(inputs / "pruned.safetensors"),
-            "--data", "synthetic", "--num-batches", "1", "--stats", str(inputs / "unused.safetensors")]
+def test_message_checkpoint_of_another_architecture_is_one_short_line(digits_files, capsys):
+    args = ["calibrate", "--model", "deit_tiny_patch16_224", "--checkpoint", str(digits_files / "pruned.safetensors"),
+            "--data", "synthetic", "--num-batches", "1", "--stats", str(digits_files / "unused.safetensors")]
     line = _refused(capsys, args, "cannot load checkpoint", "keys missing", "of other shapes",
                     "load it with --pruned FILE")
     assert len(line) < 600
-    assert not (inputs / "unused.safetensors").exists()
+    assert not (digits_files / "unused.safetensors").exists()
 
 
-def test_message_pruned_model_as_checkpoint_says_to_use_pruned(inputs, tmp_path, capsys):
-    args = ["prune", "--checkpoint", str(inputs / "pruned.safetensors"), "--ratio", "0.5", "--num-batches", "1"]
-    _refused(capsys, args, "blocks.0.mlp.fc1.weight", "in the file", "load it with --pruned FILE", unchanged=[inputs])
+def test_message_pruned_model_as_checkpoint_says_to_use_pruned(digits_files, tmp_path, capsys):
+    args = ["prune", "--checkpoint", str(digits_files / "pruned.safetensors"), "--ratio", "0.5", "--num-batches", "1"]
+    _refused(capsys, args, "blocks.0.mlp.fc1.weight", "in the file", "load it with --pruned FILE", unchanged=[digits_files])
 
 
 def test_message_checkpoint_that_is_no_weights_file(tmp_path, capsys):
@@ -218,7 +207,7 @@ def test_message_calibrate_negative_save_partial_every(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_message_library_calibrate_and_prune_name_wrong_arguments(inputs):
+def test_message_library_calibrate_and_prune_name_wrong_arguments(digits_files):
     model = vbp.create_model("vbp_digits_vit", pretrained=True)
     batch = vbp.digits_split("train").tensors[0][:8]
     with pytest.raises(VbpError, match="takes a torch.nn.Module, got str"):
@@ -231,7 +220,7 @@ def test_message_library_calibrate_and_prune_name_wrong_arguments(inputs):
     for n in (1.5, math.nan, True):
         with pytest.raises(VbpError, match="num_batches must be a whole number"):
             vbp.calibrate(model, [batch], num_batches=n)
-    stats = vbp.Stats.load(inputs / "stats.safetensors")
+    stats = vbp.Stats.load(digits_files / "stats.safetensors")
     plan = vbp.select(stats, 0.5)
     with pytest.raises(VbpError, match="plan must be a vbp Plan .*got NoneType"):
         vbp.prune(copy.deepcopy(model), None, stats)
