@@ -2,6 +2,7 @@
 
 import statistics
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Callable
 
@@ -32,9 +33,17 @@ def interleaved_medians(
 
 
 @torch.inference_mode()
-def latencies(models: dict[str, nn.Module], images: torch.Tensor, rounds: int = 7) -> dict[str, float]:
-    """Median seconds of model(images) for each model (eval mode), timed in turn: see `interleaved_medians`."""
+def latencies(
+    models: dict[str, nn.Module], inputs: torch.Tensor | Mapping[str, torch.Tensor], rounds: int = 7
+) -> dict[str, float]:
+    """Median seconds of model(inputs) (a batch of images, or a tokenizer's output as keyword arguments, already
+    on the models' device) for each model (eval mode), timed in turn: see `interleaved_medians`."""
     for model in models.values():
         model.eval()
-    sync = torch.cuda.synchronize if images.is_cuda else lambda: None
-    return interleaved_medians({name: partial(model, images) for name, model in models.items()}, rounds, sync)
+    tensors = list(inputs.values()) if isinstance(inputs, Mapping) else [inputs]
+    sync = torch.cuda.synchronize if any(t.is_cuda for t in tensors) else lambda: None
+    calls = {
+        name: partial(model, **inputs) if isinstance(inputs, Mapping) else partial(model, inputs)
+        for name, model in models.items()
+    }
+    return interleaved_medians(calls, rounds, sync)

@@ -2,11 +2,7 @@
 unpruned one; under torchrun every rank evaluates its shard and the counts are summed."""
 
 import json
-from functools import partial
 
-import torch
-
-from ..batches import run_model
 from ..checkpoint import load_pruned
 from ..compact import KERNELS, compact
 from ..distributed import rank_and_world
@@ -14,7 +10,7 @@ from ..errors import VbpError
 from ..families import site_widths
 from ..files import check_writable, write_text_atomic
 from ..select import check_ratio, check_selection_options
-from ..timing import interleaved_medians, latencies
+from ..timing import latencies
 from ..workflows.data import is_text_model
 from ..workflows.evaluate import accuracy, latency_images, retention
 from ..workflows.text import embedding_agreement, read_sentences, sentence_embeddings, text_loader, tokenizer_of
@@ -159,11 +155,8 @@ def _measure_text(args, reference, model) -> dict:
     result = embedding_agreement(sentence_embeddings(reference, sentences), sentence_embeddings(model, sentences))
     if args.latency_batch:
         batch = text_loader(read_sentences(args.data)[: args.latency_batch], tokenizer_of(reference), args.latency_batch)
-        inputs = next(iter(batch))
-        timed = {"model": model.eval(), "reference": reference.eval()}
-        sync = torch.cuda.synchronize if torch.device(args.device).type == "cuda" else lambda: None
-        with torch.inference_mode():
-            times = interleaved_medians({k: partial(run_model, m, inputs, args.device) for k, m in timed.items()}, 7, sync)
+        inputs = {k: v.to(args.device) for k, v in next(iter(batch)).items()}
+        times = latencies({"model": model, "reference": reference}, inputs)
         n = len(inputs["input_ids"])
         result.update(
             latency_ms=1e3 * times["model"],
