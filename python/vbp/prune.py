@@ -15,6 +15,7 @@ from .model_ids import canonical_id
 from .models import model_name
 from .ops import slice_mlp
 from .plan import Plan
+from .sites import MlpSite
 from .stats import Stats
 
 # how a model was pruned, saved with it: {"criterion": dict, "compensation": dict, "ratio": float}, the
@@ -69,17 +70,22 @@ def prune(
     record = current_record({"criterion": plan.criterion, "compensation": strategy.to_dict(), "ratio": plan.ratio})
     record["weights"] = weights_fingerprint(model)  # of the unpruned model, so its reference can be checked
     for site in sites:
-        keep = plan.kept(site.name).to(site.device)
-        pruned = plan.pruned(site.name).to(site.device)
-        (w1, b1), *others = site.producer_weights()
-        w2, b2 = site.consumer_weights()
-        w1_kept, b1_kept, w2_kept = slice_mlp(w1, b1 if b1 is not None else w1.new_zeros(w1.shape[0]), w2, keep)
-        w2_kept, b2 = strategy.fold(SiteFold(site.name, w2, b2, w2_kept, keep, pruned, stats))
-        producers = [(w1_kept, b1_kept if b1 is not None else None)]
-        producers += [(w[keep], b[keep] if b is not None else None) for w, b in others]  # a gated MLP's up
-        site.narrow(producers, (w2_kept, b2))
+        prune_site(site, plan.kept(site.name), plan.pruned(site.name), stats, strategy)
     model.__dict__[PRUNING] = record
     return model
+
+
+def prune_site(site: MlpSite, keep: torch.Tensor, pruned: torch.Tensor, stats: Stats | None, strategy: Compensation):
+    """Narrow one site to the neurons `keep` (int64 [K]), folding the `pruned` ones [P] into its consumer by
+    `strategy` with the site's statistics in `stats`."""
+    keep, pruned = keep.to(site.device), pruned.to(site.device)
+    (w1, b1), *others = site.producer_weights()
+    w2, b2 = site.consumer_weights()
+    w1_kept, b1_kept, w2_kept = slice_mlp(w1, b1 if b1 is not None else w1.new_zeros(w1.shape[0]), w2, keep)
+    w2_kept, b2 = strategy.fold(SiteFold(site.name, w2, b2, w2_kept, keep, pruned, stats))
+    producers = [(w1_kept, b1_kept if b1 is not None else None)]
+    producers += [(w[keep], b[keep] if b is not None else None) for w, b in others]  # a gated MLP's up
+    site.narrow(producers, (w2_kept, b2))
 
 
 def _compensation(compensation, compensate: bool | None, ridge: float | None) -> Compensation:

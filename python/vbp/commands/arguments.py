@@ -100,6 +100,15 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=int, default=1, help="round every kept width to a multiple of this")
 
 
+def add_sequential_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="prune site by site, each compensated with statistics gathered again on the model pruned so far "
+        "(one more calibration pass per MLP)",
+    )
+
+
 def add_latency_args(p: argparse.ArgumentParser) -> None:
     """--latency-batch and --runtime: the batch and runtime a latency table is measured for."""
     p.add_argument(

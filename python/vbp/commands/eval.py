@@ -14,7 +14,7 @@ from ..timing import latencies
 from ..workflows.data import is_text_model
 from ..workflows.evaluate import accuracy, latency_images, retention
 from ..workflows.text import embedding_agreement, read_sentences, sentence_embeddings, text_loader, tokenizer_of
-from .arguments import add_data_args, add_model_args, add_selection_args, add_stats_args
+from .arguments import add_data_args, add_model_args, add_selection_args, add_sequential_arg, add_stats_args
 from .options import (
     batches,
     check_model_of_pruned,
@@ -56,6 +56,7 @@ def add_arguments(p) -> None:
         help="also time a batch of N evaluation images (median), against the unpruned model when pruned",
     )
     add_selection_args(p)
+    add_sequential_arg(p)
     add_stats_args(p)
     p.add_argument("--summary", help="also write the result as JSON to this file")
 
@@ -67,6 +68,8 @@ def run(args) -> None:
         _check_no_pruning_options(args)
     if args.ratio is not None:
         compensation_of(args)  # contradictory options end here, before any work
+    elif args.sequential and not args.pruned:
+        raise VbpError("--sequential prunes site by site: give it with --ratio R")
     check_stats_args(args)
     if args.data == "synthetic":
         raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
@@ -112,7 +115,8 @@ def _measure(args) -> dict:
 def _check_no_pruning_options(args) -> None:
     """With --pruned, refuse the options that only shape a model pruned now (--ratio): they would be ignored."""
     defaults = {"stats": None, "sites": None, "input_size": None, "scope": "global", "criterion": "variance",
-                "compensation": "mean", "no_compensation": False, "ridge": None, "min_keep": 1, "round_to": 1}
+                "compensation": "mean", "no_compensation": False, "ridge": None, "min_keep": 1, "round_to": 1,
+                "sequential": False}
     given = ["--" + k.replace("_", "-") for k, v in defaults.items() if getattr(args, k, v) != v]
     if given:
         raise VbpError(

@@ -7,14 +7,15 @@ from ..checkpoint import load_pruned, save_pruned
 from ..errors import VbpError
 from ..files import check_writable
 from ..workflows.data import dataset, is_text_model
-from ..workflows.finetune import FinetuneConfig, finetune
+from ..workflows.distill import HIDDEN_LOSSES
+from ..workflows.finetune import TRAIN_ONLY, FinetuneConfig, finetune
 from .arguments import add_data_args, add_model_args, add_resume_args
 from .options import check_model_of_pruned, check_resume_args, load_model, reference_of, val_dataset, weights_of
 from .paths import FINETUNE_FILES, check_outputs_spare_inputs
 from .session import distributed_session
 
 NAME = "finetune"
-HELP = "fine-tune a pruned model, distilling from the unpruned one"
+HELP = "fine-tune a pruned model (image or text), distilling from the unpruned one"
 
 
 def add_arguments(p) -> None:
@@ -40,6 +41,28 @@ def add_arguments(p) -> None:
     p.add_argument("--no-kd", action="store_true", help="plain cross-entropy, no distillation")
     p.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the distillation term, in [0, 1]")
     p.add_argument("--kd-temperature", type=float, default=2.0)
+    p.add_argument(
+        "--kd-loss",
+        choices=HIDDEN_LOSSES,
+        default="mse",
+        help="distance of hidden states, for encoders (models that output hidden states, not logits)",
+    )
+    p.add_argument(
+        "--kd-pooled",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="weight of the cosine loss on the mean-pooled sentence embedding, for encoders (0: off)",
+    )
+    p.add_argument(
+        "--kd-layers", action="store_true", help="also match every block's output (Hugging Face models)"
+    )
+    p.add_argument(
+        "--train-only",
+        choices=TRAIN_ONLY,
+        default="all",
+        help="tune every parameter, or only the pruned MLPs' layers (faster, less memory)",
+    )
 
 
 def run(args) -> None:
@@ -54,6 +77,10 @@ def run(args) -> None:
         kd_alpha=0.0 if args.no_kd else args.kd_alpha,
         kd_temperature=args.kd_temperature,
         max_batches=args.num_batches,
+        kd_loss=args.kd_loss,
+        kd_pooled=args.kd_pooled,
+        kd_layers=args.kd_layers,
+        train_only=args.train_only,
     )
     config.validate()
     output = Path(args.output)
@@ -63,10 +90,10 @@ def run(args) -> None:
     with distributed_session(args.device) as (device, rank, _):
         student = load_pruned(args.pruned, device)
         check_model_of_pruned(args.model, student, args.pruned)
-        if is_text_model(student):
+        if is_text_model(student) and args.no_kd:
             raise VbpError(
-                f"{args.pruned} is a text model: vbp finetune trains image classifiers for now; compare it with the "
-                "unpruned model by vbp eval --pruned FILE --data SENTENCES.txt"
+                f"{args.pruned} is a text model and a text file has no labels: it is fine-tuned by distillation "
+                "from its unpruned model; leave out --no-kd"
             )
         teacher = None
         if not args.no_kd and args.teacher:

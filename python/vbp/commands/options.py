@@ -24,6 +24,7 @@ from ..model_attributes import PRUNING
 from ..models import create_model, example_input, model_name
 from ..prune import prune
 from ..select import select
+from ..sequential import prune_sequential
 from ..stats import Stats
 from ..workflows.data import check_data, dataset, first_input_shape, loader
 
@@ -238,7 +239,7 @@ def reference_of(pruned: nn.Module, pretrained: bool, checkpoint: str | None, nu
 
 def pruned_model(args, model, stats, latency=None):
     """(plan, pruned copy of `model`) by the pruning options of `args` (a --target-speedup by the
-    `vbp.latency.LatencyTable` `latency`)."""
+    `vbp.latency.LatencyTable` `latency`; --sequential: site by site, calibrating again on --data)."""
     plan = select(
         stats,
         args.ratio,
@@ -251,4 +252,9 @@ def pruned_model(args, model, stats, latency=None):
         latency_budget_ms=getattr(args, "latency_budget_ms", None),
         latency=latency,
     )
+    if getattr(args, "sequential", False):
+        data = batches(args.data, model, "train", args.batch_size, args.num_batches, args.skip_bad_images)
+        nonfinite = "skip" if args.skip_nonfinite else "error"
+        return prune_sequential(copy.deepcopy(model), plan, data, compensation_of(args), backend=args.backend,
+                                num_batches=args.num_batches, nonfinite=nonfinite)
     return plan, prune(copy.deepcopy(model), plan, stats, compensation=compensation_of(args))

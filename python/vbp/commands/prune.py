@@ -10,7 +10,14 @@ from ..latency import LatencyTable, measure_speedup, table_for
 from ..latency.profile import RUNTIMES, check_batch
 from ..select import check_ratio, check_selection_options
 from ..workflows.report import format_summary, summarize, write_summary
-from .arguments import add_data_args, add_latency_args, add_model_args, add_selection_args, add_stats_args
+from .arguments import (
+    add_data_args,
+    add_latency_args,
+    add_model_args,
+    add_selection_args,
+    add_sequential_arg,
+    add_stats_args,
+)
 from .options import check_stats_args, compensation_of, model_of, pruned_model, stats_for
 from .paths import check_outputs_spare_inputs, command_outputs
 
@@ -40,6 +47,7 @@ def add_arguments(p) -> None:
     )
     add_latency_args(p)
     add_selection_args(p)
+    add_sequential_arg(p)
     add_stats_args(p)
     p.add_argument("--output", help="folder to write model.safetensors, plan.json (and stats.safetensors) to")
     p.add_argument("--summary", help="write MACs, params and widths as JSON to this file")

@@ -99,9 +99,15 @@ def loader(data: Dataset, batch_size: int) -> DataLoader:
         raise VbpError(f"batch size must be at least 1, got {batch_size}")
     if len(data) == 0:
         raise VbpError("the data set is empty; give data with at least one input")
+    return DataLoader(
+        data, batch_size=batch_size, shuffle=False, num_workers=loader_workers(data), collate_fn=collate_for(data)
+    )
+
+
+def collate_for(data: Dataset):
+    """How a list of `data`'s items becomes a batch: sentences are tokenized, images stacked (unreadable left out)."""
     base = _base(data)
-    collate = Tokenize(base.tokenizer) if isinstance(base, Sentences) else skip_unreadable
-    return DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=loader_workers(data), collate_fn=collate)
+    return Tokenize(base.tokenizer) if isinstance(base, Sentences) else skip_unreadable
 
 
 def _base(data: Dataset) -> Dataset:

@@ -1,6 +1,7 @@
-"""Fine-tune a pruned model in timm's manner, optionally distilling from the unpruned teacher.
+"""Fine-tune a pruned model in timm's manner, distilling from the unpruned teacher (`vbp.workflows.distill`
+picks the loss from what the model outputs: logits, tokens or hidden states), with labels where the data has them.
 
-AdamW (no weight decay on biases and norms), cosine schedule with linear warm-up stepped per
+Data: (image, label) items, or sentences (`vbp.workflows.text.Sentences`, tokenized per batch). AdamW (no weight decay on biases and norms), cosine schedule with linear warm-up stepped per
 iteration, label smoothing, gradient clipping, bf16 autocast on CUDA; DistributedDataParallel when
 torch.distributed is initialised (torchrun). A checkpoint is written atomically after every epoch, and
 `resume=True` continues from it to the same weights an uninterrupted run would reach.
@@ -10,6 +11,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,14 +21,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
+from ..batches import batch_size, first_rows, padding_mask
 from ..distributed import rank_and_world, shard
 from ..errors import VbpError
+from ..families import find_sites
 from ..files import atomic_path, write_csv_atomic, write_text_atomic
 from ..models import model_device
-from .data import loader, loader_workers
-from .distill import kd_loss
+from .data import collate_for, loader, loader_workers
+from .distill import HIDDEN_LOSSES, Distillation, output_target
 from .evaluate import accuracy
-from .unreadable import skip_unreadable
+from .text import text_fidelity
+
+TRAIN_ONLY = ("all", "mlp")  # --train-only: every parameter, or only those of the pruned MLP sites
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -44,6 +50,10 @@ class FinetuneConfig:
     kd_temperature: float = 2.0
     seed: int = 0
     max_batches: int | None = None  # batches per epoch (--num-batches); None: the whole training set
+    kd_loss: str = "mse"  # hidden-state distance (encoders): "mse" or "cosine"
+    kd_pooled: float = 1.0  # weight of the mean-pooled embedding's cosine loss (encoders)
+    kd_layers: bool = False  # also match every block's output (Hugging Face models)
+    train_only: str = "all"  # or "mlp": tune only the pruned MLP sites' layers
 
     def differences(self, saved: dict) -> list[str]:
         """Names of the options that differ from a checkpoint's saved config (those that change the result)."""
@@ -61,6 +71,18 @@ class FinetuneConfig:
             )
         if not (0 < self.lr < 1) or self.lr != self.lr:
             raise VbpError(f"the learning rate must be a positive number below 1 (typical: 1e-5 to 1e-3), got {self.lr}")
+        if self.kd_loss not in HIDDEN_LOSSES:
+            raise VbpError(f"--kd-loss must be one of {', '.join(HIDDEN_LOSSES)}, got {self.kd_loss!r}")
+        if not 0 <= self.kd_pooled < math.inf:
+            raise VbpError(f"--kd-pooled is a weight: a finite number of at least 0, got {self.kd_pooled}")
+        if self.train_only not in TRAIN_ONLY:
+            raise VbpError(f"--train-only must be one of {', '.join(TRAIN_ONLY)}, got {self.train_only!r}")
+
+    def distillation(self, target: str) -> Distillation:
+        return Distillation(
+            target, self.kd_alpha, self.kd_temperature, self.label_smoothing, self.kd_loss, self.kd_pooled,
+            self.kd_layers,
+        )
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -73,14 +95,73 @@ def _seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
 
 
-def _check_teacher(student: nn.Module, teacher: nn.Module, images: torch.Tensor) -> None:
+def _split(batch) -> tuple:
+    """(model inputs, labels or None): an (images, labels) pair, or a tokenizer's output (no labels)."""
+    return (batch, None) if isinstance(batch, Mapping) else (batch[0], batch[1])
+
+
+def _forward(model: nn.Module, inputs, device: torch.device, hidden_states: bool = False):
+    """model(inputs) on `device`; a tokenizer's output as keyword arguments, with every block's output when
+    `hidden_states`."""
+    if not isinstance(inputs, Mapping):
+        return model(inputs.to(device, non_blocking=True))
+    placed = {k: v.to(device, non_blocking=True) for k, v in inputs.items()}
+    return model(**placed, output_hidden_states=True) if hidden_states else model(**placed)
+
+
+def _real_tokens(inputs, device: torch.device) -> torch.Tensor | None:
+    """[B, T] bool of the real tokens of a text batch (all of them without an attention mask); None for images."""
+    if not isinstance(inputs, Mapping):
+        return None
+    mask = padding_mask(inputs, device)
+    return mask if mask is not None else torch.ones_like(inputs["input_ids"], dtype=torch.bool, device=device)
+
+
+def _target_of(student: nn.Module, teacher: nn.Module | None, inputs, device: torch.device) -> str:
+    """What the student outputs (see `output_target`), checked against the teacher's output on one input."""
+    one = first_rows(inputs, 1)
     with torch.inference_mode():
-        s, t = student(images[:1]), teacher(images[:1])
-    if s.shape != t.shape:
+        s = _forward(student, one, device)
+        target = output_target(s)
+        if teacher is None:
+            return target
+        t = _forward(teacher, one, device)
+    if output_target(t) != target or _main(s, target).shape != _main(t, target).shape:
         raise VbpError(
-            f"the teacher's outputs ({tuple(t.shape[1:])}) do not match the student's "
-            f"({tuple(s.shape[1:])}): distil from the model the student was pruned from"
+            f"the teacher's outputs ({output_target(t)} {tuple(_main(t, output_target(t)).shape[1:])}) do not match "
+            f"the student's ({target} {tuple(_main(s, target).shape[1:])}): distil from the model the student was "
+            "pruned from"
         )
+    return target
+
+
+def _main(output, target: str) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.last_hidden_state if target == "hidden" else output.logits
+
+
+def _train_only(student: nn.Module, which: str) -> list[nn.Parameter]:
+    """Freeze every parameter but the pruned MLP sites' (which="mlp"); returns the parameters left frozen."""
+    if which == "all":
+        return []
+    tuned = {id(p) for site in find_sites(student) for layer in (*site.producer_layers, site.consumer_layer)
+             for p in layer.parameters()}
+    frozen = [p for p in student.parameters() if p.requires_grad and id(p) not in tuned]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
+
+
+def _validate(student: nn.Module, teacher: nn.Module | None, val: Dataset, target: str, batch: int, progress: bool):
+    """Top-1/top-5 of an image classifier on `val`, or how close a text model stays to its teacher there
+    (`text_fidelity`, in one process: neighbours span every sentence)."""
+    if target == "logits" and not isinstance(val[0], str):
+        return accuracy(student, loader(shard(val), batch), progress=progress)
+    if teacher is None:
+        raise VbpError("a text model is measured against its teacher: distil from the unpruned model")
+    student.eval()
+    return text_fidelity(teacher, student, list(loader(val, batch)))
 
 
 def finetune(
@@ -94,11 +175,16 @@ def finetune(
     progress: bool = True,
     accept_changes: bool = False,
 ) -> list[dict]:
-    """Train `student` in place on `train` ((image, label) items); returns the per-epoch history.
+    """Train `student` in place on `train` ((image, label) items, or `Sentences`); returns the per-epoch history.
 
-    Each history row: epoch, train_loss, lr, seconds, and top1/top5 on `val` when given. With `output`,
+    The loss: distillation from `teacher` when config.kd_alpha > 0 (put in eval mode, run without gradients),
+    by what the student outputs (see `vbp.workflows.distill`), plus the label loss where the data has labels;
+    without a teacher, the label loss alone (unlabelled data is refused). config.train_only="mlp" tunes only
+    the MLP sites' layers.
+    Each history row: epoch, train_loss, lr, seconds, and on `val` when given top1/top5 (image classifiers) or
+    `text_fidelity` against the teacher (text models). With `output`,
     writes output/checkpoint.pt every epoch and output/log.json + log.csv; `resume` continues from the
-    checkpoint there, refusing options that differ from the checkpoint's unless `accept_changes`. teacher: distil from it when config.kd_alpha > 0 (put in eval mode, run without gradients).
+    checkpoint there, refusing options that differ from the checkpoint's unless `accept_changes`.
     """
     config.validate()
     rank, world = rank_and_world()
@@ -106,7 +192,15 @@ def finetune(
     use_kd = teacher is not None and config.kd_alpha > 0
     if use_kd:
         teacher.eval()
-        _check_teacher(student, teacher, train[0][0].unsqueeze(0).to(device))
+    inputs, labels = _split(collate_for(train)([train[0]]))
+    labelled = labels is not None
+    target = _target_of(student, teacher if use_kd else None, inputs, device)
+    if not use_kd and (not labelled or target != "logits"):
+        raise VbpError(
+            "this data has no labels to train on: fine-tune by distillation from the unpruned model (a teacher "
+            "and kd_alpha > 0; leave out --no-kd)"
+        )
+    distillation = config.distillation(target)
 
     generator = torch.Generator().manual_seed(config.seed)
     sampler = (
@@ -123,18 +217,20 @@ def finetune(
         # workers' random augmentations follow the seed too
         generator=torch.Generator().manual_seed(config.seed + 1),
         worker_init_fn=_seed_worker,
-        collate_fn=skip_unreadable,
+        collate_fn=collate_for(train),
     )
     steps_per_epoch = min(len(train_loader), config.max_batches or len(train_loader))
     from timm.optim import create_optimizer_v2  # timm: imported when used
     from timm.scheduler import CosineLRScheduler
 
+    frozen = _train_only(student, config.train_only)
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
         t_initial=config.epochs * steps_per_epoch,
         lr_min=config.lr * 1e-2,
-        warmup_t=int(config.warmup_epochs * steps_per_epoch),
+        # at most a tenth of the run: a one-epoch run is not all warm-up
+        warmup_t=min(int(config.warmup_epochs * steps_per_epoch), config.epochs * steps_per_epoch // 10),
         warmup_lr_init=config.lr * 1e-2,
         t_in_epochs=False,
     )
@@ -170,12 +266,14 @@ def finetune(
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch = state["history"], state["epoch"]
-
+    else:
+        torch.manual_seed(config.seed + rank)  # dropout and drop-path masks
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for epoch in range(start_epoch, config.epochs):
         if world > 1:
             sampler.set_epoch(epoch)
-        model.train()
+        # dropout regularises learning labels; matching a deterministic teacher alone, it only adds noise
+        model.train(labelled)
         started, total_loss, seen = time.perf_counter(), 0.0, 0
         bar = tqdm(
             train_loader,
@@ -184,25 +282,19 @@ def finetune(
             unit="batch",
             disable=not progress or rank != 0,
         )
-        for step, (images, labels) in enumerate(bar):
+        for step, batch in enumerate(bar):
             if step == steps_per_epoch:
                 break
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            inputs, labels = _split(batch)
+            labels = labels.to(device, non_blocking=True) if labels is not None else None
             with autocast:
-                logits = model(images)
+                student_output = _forward(model, inputs, device, distillation.needs_hidden_states)
                 if use_kd:
                     with torch.no_grad():
-                        teacher_logits = teacher(images)
-                    loss = kd_loss(
-                        logits.float(),
-                        teacher_logits.float(),
-                        labels,
-                        config.kd_alpha,
-                        config.kd_temperature,
-                        config.label_smoothing,
-                    )
+                        teacher_output = _forward(teacher, inputs, device, distillation.needs_hidden_states)
+                    loss = distillation.loss(student_output, teacher_output, _real_tokens(inputs, device), labels)
                 else:
-                    loss = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+                    loss = nn.functional.cross_entropy(student_output.float(), labels, label_smoothing=config.label_smoothing)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise VbpError(f"the training loss became {loss_value} in epoch {epoch + 1}, step {step}; lower --lr")
@@ -212,8 +304,8 @@ def finetune(
                 nn.utils.clip_grad_norm_(student.parameters(), config.clip_grad)
             optimizer.step()
             scheduler.step_update(epoch * steps_per_epoch + step + 1)
-            total_loss += loss_value * labels.shape[0]
-            seen += labels.shape[0]
+            total_loss += loss_value * batch_size(inputs)
+            seen += batch_size(inputs)
             bar.set_postfix(loss=f"{loss_value:.4f}")
         row = {
             "epoch": epoch + 1,
@@ -221,11 +313,13 @@ def finetune(
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         }
-        if val is not None:
-            row.update(accuracy(student, loader(shard(val), config.batch_size * 2), progress=progress and rank == 0))
+        if val is not None and (target == "logits" or rank == 0):
+            row.update(_validate(student, teacher, val, target, config.batch_size * 2, progress and rank == 0))
         history.append(row)
         if output and rank == 0:
             _write_epoch(Path(output), student, optimizer, scheduler, generator, history, config)
+    for p in frozen:
+        p.requires_grad_(True)
     return history
 
 

@@ -79,6 +79,10 @@ def tokenizer_of(model: nn.Module):
     except (OSError, ValueError) as exc:
         raise VbpError(f"cannot load the tokenizer of {path}: {exc}") from exc
     check_tokenizer(model, tokenizer, path)
+    if tokenizer.pad_token is None:  # GPT-2 and LLaMA tokenizers have none; padding is masked out anyway
+        if tokenizer.eos_token is None:
+            raise VbpError(f"the tokenizer of {path} has neither a padding nor an end-of-sequence token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
@@ -113,3 +117,38 @@ def embedding_agreement(reference: torch.Tensor, embeddings: torch.Tensor) -> di
         "cosine": float((reference * embeddings).sum(1).mean()),
         "nn_agreement": float((nearest(reference) == nearest(embeddings)).double().mean()),
     }
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A Hugging Face model with a causal language-modelling head (GPT-2, LLaMA, Qwen, ...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return type(model).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, batches) -> float:
+    """exp of the mean next-token negative log-likelihood over the real tokens of tokenized batches (each
+    sentence's first token is predicted by nothing and not counted); accumulated in float64."""
+    device = next(model.parameters()).device
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(**batch).logits[:, :-1].float()
+        targets = batch["input_ids"][:, 1:]
+        real = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
+        nll = nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+        total += nll.masked_select(real).double().sum().cpu()
+        count += int(real.sum())
+    if count == 0:
+        raise VbpError("the text has no sentence of two or more tokens to measure perplexity on")
+    return float(torch.exp(total / count))
+
+
+def text_fidelity(reference: nn.Module, model: nn.Module, batches) -> dict[str, float]:
+    """How close `model` stays to the `reference` it was pruned from on tokenized `batches` (re-iterable):
+    `embedding_agreement` of their sentence embeddings, and for causal LMs the perplexity of both."""
+    result = embedding_agreement(sentence_embeddings(reference, batches), sentence_embeddings(model, batches))
+    if is_causal_lm(reference):
+        result.update(perplexity=perplexity(model, batches), reference_perplexity=perplexity(reference, batches))
+    return result
