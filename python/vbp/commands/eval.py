@@ -13,7 +13,7 @@ from ..select import check_ratio, check_selection_options
 from ..timing import latencies
 from ..workflows.data import is_text_model
 from ..workflows.evaluate import accuracy, latency_images, retention
-from ..workflows.text import embedding_agreement, read_sentences, sentence_embeddings, text_loader, tokenizer_of
+from ..workflows.text import read_sentences, text_fidelity, text_loader, tokenizer_of
 from .arguments import add_data_args, add_model_args, add_selection_args, add_sequential_arg, add_stats_args
 from .options import (
     batches,
@@ -143,7 +143,8 @@ def _models(args):
 
 def _measure_text(args, reference, model) -> dict:
     """A pruned text model against the unpruned one on the sentences of --data: how close their mean-pooled
-    embeddings stay (cosine, nearest-neighbour agreement) and, with --latency-batch N, sentences per second."""
+    embeddings stay (cosine, nearest-neighbour agreement), the perplexity of both for causal LMs, and, with
+    --latency-batch N, sentences per second."""
     if model is None:
         raise VbpError(
             f"{args.model} is a text model: it has no accuracy to measure alone; give --pruned FILE or --ratio R to "
@@ -156,7 +157,7 @@ def _measure_text(args, reference, model) -> dict:
     sentences = limited(
         batches(args.data, reference, "test", args.batch_size, args.num_batches, args.skip_bad_images), args.num_batches
     )
-    result = embedding_agreement(sentence_embeddings(reference, sentences), sentence_embeddings(model, sentences))
+    result = text_fidelity(reference, model, sentences)
     if args.latency_batch:
         batch = text_loader(read_sentences(args.data)[: args.latency_batch], tokenizer_of(reference), args.latency_batch)
         inputs = {k: v.to(args.device) for k, v in next(iter(batch)).items()}

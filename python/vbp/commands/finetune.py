@@ -1,5 +1,6 @@
 """vbp finetune: fine-tune a pruned model with distillation from the unpruned one (resumable, torchrun-aware)."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -55,7 +56,9 @@ def add_arguments(p) -> None:
         help="weight of the cosine loss on the mean-pooled sentence embedding, for encoders (0: off)",
     )
     p.add_argument(
-        "--kd-layers", action="store_true", help="also match every block's output (Hugging Face models)"
+        "--kd-layers",
+        action=argparse.BooleanOptionalAction,
+        help="also match every block's output (Hugging Face models; default: on for text models)",
     )
     p.add_argument(
         "--train-only",

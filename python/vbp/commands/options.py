@@ -255,6 +255,7 @@ def pruned_model(args, model, stats, latency=None):
     if getattr(args, "sequential", False):
         data = batches(args.data, model, "train", args.batch_size, args.num_batches, args.skip_bad_images)
         nonfinite = "skip" if args.skip_nonfinite else "error"
-        return prune_sequential(copy.deepcopy(model), plan, data, compensation_of(args), backend=args.backend,
-                                num_batches=args.num_batches, nonfinite=nonfinite)
+        pruned, plan = prune_sequential(copy.deepcopy(model), plan, data, compensation_of(args),
+                                        backend=args.backend, num_batches=args.num_batches, nonfinite=nonfinite)
+        return plan, pruned
     return plan, prune(copy.deepcopy(model), plan, stats, compensation=compensation_of(args))

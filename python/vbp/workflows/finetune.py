@@ -52,7 +52,7 @@ class FinetuneConfig:
     max_batches: int | None = None  # batches per epoch (--num-batches); None: the whole training set
     kd_loss: str = "mse"  # hidden-state distance (encoders): "mse" or "cosine"
     kd_pooled: float = 1.0  # weight of the mean-pooled embedding's cosine loss (encoders)
-    kd_layers: bool = False  # also match every block's output (Hugging Face models)
+    kd_layers: bool | None = None  # also match every block's output (HF models); None: for text models
     train_only: str = "all"  # or "mlp": tune only the pruned MLP sites' layers
 
     def differences(self, saved: dict) -> list[str]:
@@ -79,9 +79,10 @@ class FinetuneConfig:
             raise VbpError(f"--train-only must be one of {', '.join(TRAIN_ONLY)}, got {self.train_only!r}")
 
     def distillation(self, target: str) -> Distillation:
+        """The loss for a model whose outputs are `target` (see `vbp.workflows.distill.output_target`)."""
+        layers = target in ("hidden", "tokens") if self.kd_layers is None else self.kd_layers
         return Distillation(
-            target, self.kd_alpha, self.kd_temperature, self.label_smoothing, self.kd_loss, self.kd_pooled,
-            self.kd_layers,
+            target, self.kd_alpha, self.kd_temperature, self.label_smoothing, self.kd_loss, self.kd_pooled, layers
         )
 
 
@@ -201,6 +202,8 @@ def finetune(
             "and kd_alpha > 0; leave out --no-kd)"
         )
     distillation = config.distillation(target)
+    if use_kd and distillation.layers and not isinstance(inputs, Mapping):
+        raise VbpError("matching every block's output (--kd-layers) is for Hugging Face text models; leave it out")
 
     generator = torch.Generator().manual_seed(config.seed)
     sampler = (
