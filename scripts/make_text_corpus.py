@@ -1,14 +1,19 @@
 """Write the embedded text corpora (python/vbp/assets/text_*.txt): sentences from the docstrings of Python's
 standard library (PSF licence, see python/vbp/assets/TEXT_LICENSE.md), one per line.
 
-Calibration and evaluation sentences come from disjoint sets of modules, so the texts never overlap.
+Calibration, evaluation and distillation sentences come from disjoint sets of modules, so the texts never
+overlap; the distillation text is every other module's, more unlabelled text to fine-tune text models on.
 Run once with the pinned Python (3.11); the output is committed, so every machine reads the same texts.
 """
 
+import contextlib
 import importlib
 import inspect
+import io
+import pkgutil
 import re
 import sys
+import warnings
 from pathlib import Path
 
 CALIBRATION_MODULES = (
@@ -23,7 +28,40 @@ EVALUATION_MODULES = (
     "socket socketserver sqlite3 ssl statistics string subprocess tarfile tempfile textwrap threading timeit "
     "tokenize trace traceback turtle unittest.case urllib.parse urllib.request uuid warnings wave weakref zipfile"
 ).split()
+# every other importable standard-library module: more unlabelled text to distil on (`vbp finetune --data`)
+NOT_IMPORTED = set(
+    "antigravity this idlelib tkinter turtle turtledemo ensurepip venv lib2to3 pydoc_data msilib winreg winsound nt "
+    "msvcrt crypt nis ossaudiodev spwd sre_compile sre_constants sre_parse xxsubtype".split()
+)
 ASSETS = Path(__file__).resolve().parents[1] / "python" / "vbp" / "assets"
+
+
+def distillation_modules() -> list[str]:
+    """The standard library's other public modules (and their packages' public submodules) that import quietly."""
+    used = {name.split(".")[0] for name in CALIBRATION_MODULES + EVALUATION_MODULES}
+    names = []
+    for name in sorted(sys.stdlib_module_names - used - NOT_IMPORTED):
+        if name.startswith("_"):
+            continue
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importlib.import_module(name)
+        except Exception:  # a platform's module (or one needing a missing C library): not text for us
+            continue
+        names.append(name)
+        module = sys.modules[name]
+        for sub in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=name + "."):
+            if any(part.startswith("_") or part in ("test", "tests") for part in sub.name.split(".")):
+                continue
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    importlib.import_module(sub.name)
+            except Exception:
+                continue
+            names.append(sub.name)
+    return names
 
 
 def sentences(module_names: list[str]) -> list[str]:
@@ -57,9 +95,14 @@ def _usable(sentence: str, seen: set[str]) -> bool:
 def main() -> None:
     calibration, evaluation = sentences(CALIBRATION_MODULES), sentences(EVALUATION_MODULES)
     evaluation = [s for s in evaluation if s not in set(calibration)]
+    distillation = [s for s in sentences(distillation_modules()) if s not in set(calibration) | set(evaluation)]
     (ASSETS / "text_calibration.txt").write_text("\n".join(calibration) + "\n")
     (ASSETS / "text_evaluation.txt").write_text("\n".join(evaluation) + "\n")
-    print(f"Python {sys.version.split()[0]}: {len(calibration)} calibration, {len(evaluation)} evaluation sentences")
+    (ASSETS / "text_distillation.txt").write_text("\n".join(distillation) + "\n")
+    print(
+        f"Python {sys.version.split()[0]}: {len(calibration)} calibration, {len(evaluation)} evaluation, "
+        f"{len(distillation)} distillation sentences"
+    )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from .models import create_model
 from .plan import Plan
 from .prune import prune
 from .select import select
+from .sequential import prune_sequential
 from .sites import MlpSite
 from .stats import Moments, Stats
 from .workflows.digits import digits_split
@@ -55,6 +56,16 @@ __all__ = [
     "find_sites",
     "load_pruned",
     "prune",
+    "prune_sequential",
     "save_pruned",
     "select",
 ]
+
+
+def __getattr__(name: str):
+    """vbp.finetune and vbp.FinetuneConfig (`vbp.workflows.finetune`), imported when first used."""
+    if name in ("finetune", "FinetuneConfig"):
+        from .workflows import finetune as module
+
+        return getattr(module, name)
+    raise AttributeError(f"module 'vbp' has no attribute {name!r}")

@@ -15,6 +15,8 @@ from .errors import VbpError
 from .families import find_sites
 from .fingerprint import weights_fingerprint
 from .model_attributes import PRUNING
+from .model_ids import canonical_id
+from .models import model_name
 from .plan import Plan
 from .prune import current_record, prune_site
 
@@ -42,8 +44,9 @@ def prune_sequential(
         raise VbpError(f"prune_sequential's plan must be a vbp Plan (from vbp.select), got {type(plan).__name__}")
     strategy, criterion = Compensation.resolve(compensation), Criterion.resolve(plan.criterion)
     sites = find_sites(model)
-    if plan.widths != {s.name: s.width for s in sites}:
-        raise VbpError("the plan was made for a model with other MLP sites or widths than this one")
+    name = model_name(model)
+    if plan.widths != {s.name: s.width for s in sites} or (plan.model and name and canonical_id(plan.model) != canonical_id(name)):
+        raise VbpError(f"the plan was made for '{plan.model}' with other MLP sites or widths than this model ('{name}')")
     plan.validate()
     needs = strategy.needs | criterion.needs
     record = current_record({"criterion": plan.criterion, "compensation": strategy.to_dict(), "ratio": plan.ratio})

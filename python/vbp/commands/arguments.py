@@ -104,8 +104,8 @@ def add_sequential_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sequential",
         action="store_true",
-        help="prune site by site, each compensated with statistics gathered again on the model pruned so far "
-        "(one more calibration pass per MLP)",
+        help="prune site by site, each compensated with statistics gathered again on --data with the model "
+        "pruned so far (one more calibration pass per MLP)",
     )
 
 

@@ -68,7 +68,7 @@ def run(args) -> None:
         _check_no_pruning_options(args)
     if args.ratio is not None:
         compensation_of(args)  # contradictory options end here, before any work
-    elif args.sequential and not args.pruned:
+    elif args.sequential:
         raise VbpError("--sequential prunes site by site: give it with --ratio R")
     check_stats_args(args)
     if args.data == "synthetic":

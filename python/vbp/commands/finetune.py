@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
         "--kd-loss",
         choices=HIDDEN_LOSSES,
         default="mse",
-        help="distance of hidden states, for encoders (models that output hidden states, not logits)",
+        help="distance of hidden states: an encoder's last one, and every block's output with --kd-layers",
     )
     p.add_argument(
         "--kd-pooled",
@@ -58,7 +58,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--kd-layers",
         action=argparse.BooleanOptionalAction,
-        help="also match every block's output (Hugging Face models; default: on for text models)",
+        help="also match every block's output (Hugging Face models; default: on for encoders and language "
+        "models, off for classifiers)",
     )
     p.add_argument(
         "--train-only",

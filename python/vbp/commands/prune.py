@@ -60,7 +60,7 @@ def run(args) -> None:
     check_outputs_spare_inputs(NAME, args)
     for path in command_outputs(NAME, args):
         check_writable(path)
-    model = model_of(args, reads_data=not args.stats)
+    model = model_of(args, reads_data=not args.stats or args.sequential)
     check_selection_options(site_widths(model), args.min_keep, args.round_to)
     table = latency_table_of(args, model)
     stats = stats_for(args, model)

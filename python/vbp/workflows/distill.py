@@ -89,13 +89,14 @@ def output_target(output) -> str:
     """What a model's output is, as one of TARGETS: a tensor or `logits` [B, C] are logits, `logits`
     [B, T, V] are tokens, an output with a `last_hidden_state` and no logits is hidden states."""
     logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
-    if logits is not None:
-        return "tokens" if logits.dim() == 3 else "logits"
-    if getattr(output, "last_hidden_state", None) is not None:
+    if logits is not None and (logits.dim() == 2 or (logits.dim() == 3 and logits is not output)):
+        return "logits" if logits.dim() == 2 else "tokens"
+    if logits is None and getattr(output, "last_hidden_state", None) is not None:
         return "hidden"
+    shape = f" of shape {tuple(logits.shape)}" if logits is not None else ""
     raise VbpError(
-        f"cannot distil a model whose output is a {type(output).__name__} with neither logits nor a last hidden "
-        "state; fine-tune a classifier, a language model or an encoder"
+        f"cannot distil a model whose output is a {type(output).__name__}{shape}: vbp fine-tunes classifiers "
+        "(logits [B, classes]), language models (token logits) and encoders (a last hidden state)"
     )
 
 
@@ -105,7 +106,8 @@ class Distillation:
 
     target: one of TARGETS (see `output_target`). alpha, temperature, label_smoothing: for logits with labels
     and the KL terms. hidden: "mse" or "cosine" on hidden states. pooled: weight of `pooled_loss` (hidden
-    target). layers: also match every block's output (Hugging Face models; weighted as the last one).
+    target). layers: also match every block's output but the last, which the main loss covers (Hugging Face
+    models; each weighted as the main loss).
     """
 
     target: str
@@ -115,10 +117,6 @@ class Distillation:
     hidden: str = "mse"
     pooled: float = 0.0
     layers: bool = False
-
-    @property
-    def needs_hidden_states(self) -> bool:
-        return self.layers
 
     def loss(self, student, teacher, mask: torch.Tensor | None, labels: torch.Tensor | None) -> torch.Tensor:
         """The loss of a batch from the student's and the teacher's outputs; mask: [B, T] bool real tokens."""

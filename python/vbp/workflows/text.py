@@ -83,6 +83,8 @@ def tokenizer_of(model: nn.Module):
         if tokenizer.eos_token is None:
             raise VbpError(f"the tokenizer of {path} has neither a padding nor an end-of-sequence token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
+    if getattr(model.config, "pad_token_id", 0) is None:  # a sequence classifier finds each sentence's end by it
+        model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
 
 
