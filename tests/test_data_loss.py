@@ -178,8 +178,8 @@ def test_silent_resume_never_mixes_two_initialisations(tmp_path, capsys):
 
 
 def test_message_text_models_on_eval_and_finetune(bert_folder, tmp_path, capsys, monkeypatch):
-    """eval compares a pruned text model with the unpruned one; alone it has nothing to measure; finetune says
-    it trains image classifiers only. One line each, no traceback."""
+    """eval compares a pruned text model with the unpruned one; alone it has nothing to measure (one line, no
+    traceback); finetune distils it, and without a teacher says a text file has no labels."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     common = ["--data", str(bert_folder / "sentences.txt"), "--batch-size", "8"]
     model = ["--model", f"hf:{bert_folder}/bert"]
@@ -187,11 +187,14 @@ def test_message_text_models_on_eval_and_finetune(bert_folder, tmp_path, capsys,
     assert main(["eval", *model, *common, "--ratio", "0.5"]) == 0
     assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"cosine", "nn_agreement"}
     assert main(["eval", *model, *common]) == 2
-    assert main(["finetune", "--pruned", str(tmp_path / "p" / "model.safetensors"), *common,
-                 "--output", str(tmp_path / "ft")]) == 2
+    finetune = ["finetune", "--pruned", str(tmp_path / "p" / "model.safetensors"), *common, "--epochs", "1"]
+    assert main([*finetune, "--no-kd", "--output", str(tmp_path / "nokd")]) == 2
     err = capsys.readouterr().err
-    assert "has no accuracy to measure alone" in err and "trains image classifiers for now" in err
-    assert "Traceback" not in err and not list((tmp_path / "ft").glob("*"))
+    assert "has no accuracy to measure alone" in err and "leave out --no-kd" in err and "Traceback" not in err
+    assert main([*finetune, "--output", str(tmp_path / "ft")]) == 0
+    assert vbp.families.site_widths(vbp.load_pruned(tmp_path / "ft" / "model.safetensors")) == vbp.families.site_widths(
+        vbp.load_pruned(tmp_path / "p" / "model.safetensors")
+    )
 
 
 def test_data_loss_reused_inputs_are_not_outputs_and_an_onnx_file_stays_out_of_the_hf_folder(tmp_path):

@@ -32,7 +32,8 @@ def add_arguments(p) -> None:
         help="start over in an --output folder that already holds a fine-tuning run (its files are replaced)",
     )
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 on images, 3e-4 on text)")
+    p.set_defaults(batch_size=None)  # by the data, in defaults_by_data
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--teacher",
@@ -73,6 +74,7 @@ def run(args) -> None:
     if args.no_kd and args.teacher:
         raise VbpError("--teacher names a model to distil from and --no-kd turns distillation off: give one of them")
     check_resume_args(args)
+    defaults_by_data(args)
     config = FinetuneConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -121,6 +123,14 @@ def run(args) -> None:
         save_pruned(student, output / "model.safetensors")
         print(json.dumps(history[-1]))
         print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")
+
+
+def defaults_by_data(args) -> None:
+    """--lr and --batch-size where not given: timm's for images; for text (distillation alone, from a
+    pretrained encoder), a smaller step and more of them (docs/recovery.md)."""
+    text = args.data.endswith(".txt")
+    args.lr = args.lr if args.lr is not None else 3e-4 if text else 5e-4
+    args.batch_size = args.batch_size if args.batch_size is not None else 32 if text else 64
 
 
 def _check_no_run_overwritten(output: Path, resume: bool, overwrite: bool) -> None:
