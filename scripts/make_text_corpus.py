@@ -36,31 +36,29 @@ NOT_IMPORTED = set(
 ASSETS = Path(__file__).resolve().parents[1] / "python" / "vbp" / "assets"
 
 
+def _imports_quietly(name: str) -> bool:
+    """Whether the module imports here (silencing what importing it prints or warns)."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importlib.import_module(name)
+    except Exception:  # a platform's module (or one needing a missing C library): not text for us
+        return False
+    return True
+
+
 def distillation_modules() -> list[str]:
     """The standard library's other public modules (and their packages' public submodules) that import quietly."""
     used = {name.split(".")[0] for name in CALIBRATION_MODULES + EVALUATION_MODULES}
     names = []
     for name in sorted(sys.stdlib_module_names - used - NOT_IMPORTED):
-        if name.startswith("_"):
-            continue
-        try:
-            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                importlib.import_module(name)
-        except Exception:  # a platform's module (or one needing a missing C library): not text for us
+        if name.startswith("_") or not _imports_quietly(name):
             continue
         names.append(name)
-        module = sys.modules[name]
-        for sub in pkgutil.walk_packages(getattr(module, "__path__", []), prefix=name + "."):
-            if any(part.startswith("_") or part in ("test", "tests") for part in sub.name.split(".")):
-                continue
-            try:
-                with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    importlib.import_module(sub.name)
-            except Exception:
-                continue
-            names.append(sub.name)
+        for sub in pkgutil.walk_packages(getattr(sys.modules[name], "__path__", []), prefix=name + "."):
+            private = any(part.startswith("_") or part in ("test", "tests") for part in sub.name.split("."))
+            if not private and _imports_quietly(sub.name):
+                names.append(sub.name)
     return names
 
 
