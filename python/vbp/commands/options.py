@@ -169,17 +169,25 @@ def run_options(args) -> dict:
     return {n: getattr(args, n) for n in names}
 
 
+def train_batches(args, model: nn.Module):
+    """Batches of --data's train split, as calibration reads them."""
+    return batches(args.data, model, "train", args.batch_size, args.num_batches, args.skip_bad_images)
+
+
+def calibration_options(args) -> dict:
+    """`vbp.calibrate`'s options from the data arguments: how many batches, the backend, the NaN/Inf policy."""
+    return dict(num_batches=args.num_batches, backend=args.backend, nonfinite="skip" if args.skip_nonfinite else "error")
+
+
 def calibrate_on_data(args, model: nn.Module, covariance: bool, samples: int = 0, **resume) -> Stats:
     """Calibrate `model` on --data's train split with the data options of `args`."""
     stats = calibrate(
         model,
-        batches(args.data, model, "train", args.batch_size, args.num_batches, args.skip_bad_images),
-        num_batches=args.num_batches,
+        train_batches(args, model),
         samples=samples,
-        backend=args.backend,
-        nonfinite="skip" if args.skip_nonfinite else "error",
         covariance=covariance,
         run=run_options(args),
+        **calibration_options(args),
         **resume,
     )
     if any(stats.skipped.values()):
@@ -253,9 +261,7 @@ def pruned_model(args, model, stats, latency=None):
         latency=latency,
     )
     if getattr(args, "sequential", False):
-        data = batches(args.data, model, "train", args.batch_size, args.num_batches, args.skip_bad_images)
-        nonfinite = "skip" if args.skip_nonfinite else "error"
-        pruned, plan = prune_sequential(copy.deepcopy(model), plan, data, compensation_of(args),
-                                        backend=args.backend, num_batches=args.num_batches, nonfinite=nonfinite)
+        pruned, plan = prune_sequential(copy.deepcopy(model), plan, train_batches(args, model), compensation_of(args),
+                                        **calibration_options(args))
         return plan, pruned
     return plan, prune(copy.deepcopy(model), plan, stats, compensation=compensation_of(args))

@@ -35,19 +35,24 @@ def kd_loss(
     factor keeps the soft term's gradient scale independent of T (Hinton et al., 2015). KL is averaged over
     the batch.
     """
-    t = temperature
-    soft = F.kl_div(
-        F.log_softmax(student_logits / t, dim=-1),
-        F.log_softmax(teacher_logits / t, dim=-1),
-        reduction="batchmean",
-        log_target=True,
-    )
+    soft = soft_kl(student_logits, teacher_logits, temperature).mean()
     if labels is None:
-        return t * t * soft
+        return soft
     hard = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
     if alpha == 0:
         return hard
-    return (1 - alpha) * hard + alpha * t * t * soft
+    return (1 - alpha) * hard + alpha * soft
+
+
+def soft_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)) over the last dimension: logits [..., V] -> [...]."""
+    kl = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=-1),
+        F.log_softmax(teacher_logits / temperature, dim=-1),
+        reduction="none",
+        log_target=True,
+    )
+    return temperature * temperature * kl.sum(-1)
 
 
 def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -58,15 +63,8 @@ def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def token_kl_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """T^2 * KL(softmax(teacher/T) || softmax(student/T)) per token [B, T, vocab], averaged over real tokens."""
-    t = temperature
-    kl = F.kl_div(
-        F.log_softmax(student_logits / t, dim=-1),
-        F.log_softmax(teacher_logits / t, dim=-1),
-        reduction="none",
-        log_target=True,
-    ).sum(-1)
-    return t * t * _mean_over(kl, mask)
+    """`soft_kl` per token [B, T, vocab], averaged over real tokens."""
+    return _mean_over(soft_kl(student_logits, teacher_logits, temperature), mask)
 
 
 def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:

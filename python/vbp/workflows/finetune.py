@@ -33,7 +33,7 @@ from ..models import model_device
 from .data import collate_for, loader, loader_workers
 from .distill import HIDDEN_LOSSES, Distillation, output_target
 from .evaluate import accuracy
-from .text import text_fidelity
+from .text import TextReference
 
 TRAIN_ONLY = ("all", "mlp")  # --train-only: every parameter, or only those of the pruned MLP sites
 
@@ -158,15 +158,6 @@ def _train_only(student: nn.Module, which: str) -> list[nn.Parameter]:
     return frozen
 
 
-def _validate(student: nn.Module, teacher: nn.Module | None, val: Dataset, target: str, batch: int, progress: bool):
-    """Top-1/top-5 of an image classifier on `val`, or how close a text model stays to its teacher there
-    (`text_fidelity`, in one process: neighbours span every sentence)."""
-    if target == "logits" and not isinstance(val[0], str):
-        return accuracy(student, loader(shard(val), batch), progress=progress)
-    student.eval()
-    return text_fidelity(teacher, student, list(loader(val, batch)))
-
-
 def finetune(
     student: nn.Module,
     train: Dataset,
@@ -185,7 +176,7 @@ def finetune(
     without a teacher, the label loss alone (unlabelled data is refused). config.train_only="mlp" tunes only
     the MLP sites' layers.
     Each history row: epoch, train_loss, lr, seconds, and on `val` when given top1/top5 (image classifiers) or
-    `text_fidelity` against the teacher (text models). With `output`,
+    `TextReference.compare` against the teacher (text models, rank 0). With `output`,
     writes output/checkpoint.pt every epoch and output/log.json + log.csv; `resume` continues from the
     checkpoint there, refusing options that differ from the checkpoint's unless `accept_changes`.
     """
@@ -301,6 +292,9 @@ def _train(
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         history, start_epoch = state["history"], state["epoch"]
+    # text: measured against the teacher, whose side is taken once, on rank 0 (neighbours span every sentence)
+    text_val = val is not None and isinstance(val[0], str)
+    text_reference = TextReference(teacher, loader(val, config.batch_size * 2)) if text_val and rank == 0 else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for epoch in range(start_epoch, config.epochs):
         if world > 1:
@@ -351,8 +345,11 @@ def _train(
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": time.perf_counter() - started,
         }
-        if val is not None and (target == "logits" or rank == 0):
-            row.update(_validate(student, teacher, val, target, config.batch_size * 2, progress and rank == 0))
+        if text_reference is not None:
+            student.eval()
+            row.update(text_reference.compare(student))
+        elif val is not None and not text_val:
+            row.update(accuracy(student, loader(shard(val), config.batch_size * 2), progress=progress and rank == 0))
         history.append(row)
         if output and rank == 0:
             _write_epoch(Path(output), student, optimizer, scheduler, generator, history, config)

@@ -147,10 +147,23 @@ def perplexity(model: nn.Module, batches) -> float:
     return float(torch.exp(total / count))
 
 
+class TextReference:
+    """The unpruned model's measures on tokenized batches (re-iterable), taken once; `compare(model)` says how
+    close a pruned model stays to it: `embedding_agreement` of their sentence embeddings, and for causal LMs
+    the perplexity of both."""
+
+    def __init__(self, reference: nn.Module, batches):
+        self.batches = list(batches)
+        self.embeddings = sentence_embeddings(reference, self.batches)
+        self.perplexity = perplexity(reference, self.batches) if is_causal_lm(reference) else None
+
+    def compare(self, model: nn.Module) -> dict[str, float]:
+        result = embedding_agreement(self.embeddings, sentence_embeddings(model, self.batches))
+        if self.perplexity is not None:
+            result.update(perplexity=perplexity(model, self.batches), reference_perplexity=self.perplexity)
+        return result
+
+
 def text_fidelity(reference: nn.Module, model: nn.Module, batches) -> dict[str, float]:
-    """How close `model` stays to the `reference` it was pruned from on tokenized `batches` (re-iterable):
-    `embedding_agreement` of their sentence embeddings, and for causal LMs the perplexity of both."""
-    result = embedding_agreement(sentence_embeddings(reference, batches), sentence_embeddings(model, batches))
-    if is_causal_lm(reference):
-        result.update(perplexity=perplexity(model, batches), reference_perplexity=perplexity(reference, batches))
-    return result
+    """`TextReference(reference, batches).compare(model)`: one comparison."""
+    return TextReference(reference, batches).compare(model)
