@@ -154,7 +154,7 @@ def test_message_readme_example_prunes_a_user_model_on_an_image_folder(user_mode
     assert s["widths"] and sum(s["widths"].values()) == 24  # half of 2 x 24 neurons
     assert s["macs_full_g"] * 1e9 == _macs(8, [24, 24])
     assert s["macs_g"] * 1e9 == _macs(8, s["widths"].values())
-    reloaded = vbp.load_pruned(out / "model.safetensors")  # the input size is saved with the model
+    reloaded = vbp.load_pruned(out / "model.safetensors", model=f"py:{MODULE}:build")  # the input size is saved with the model
     assert vbp.count(reloaded)[0] == _macs(8, s["widths"].values())
 
 

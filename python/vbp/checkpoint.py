@@ -16,6 +16,7 @@ from torch import nn
 from .errors import VbpError
 from .families import find_sites
 from .families.spec import model_spec
+from .file_sources import check_fits_in_memory, check_source
 from .files import read_safetensors, write_safetensors
 from .model_attributes import PRUNING
 from .models import build_model, model_source
@@ -23,6 +24,7 @@ from .prune import current_record
 
 FORMAT = "vbp-model/2"
 FORMAT_V1 = "vbp-model/1"
+_UNPRUNED_BYTES = "_vbp_unpruned_bytes"  # set on a skeleton built on the meta device
 
 
 def _site_meta(model: nn.Module) -> dict[str, dict]:
@@ -33,6 +35,8 @@ def _build(source: dict, spec: list | None, sites: dict[str, dict], device: torc
     """The architecture `source` describes with every MLP site narrowed as `sites` says (weights uninitialised)."""
     with torch.device(device):
         model = build_model(source)
+        if device == "meta":
+            model.__dict__[_UNPRUNED_BYTES] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         found = {s.name: s for s in find_sites(model, spec)}
         if set(found) != set(sites):
             raise VbpError(
@@ -70,26 +74,55 @@ def save_pruned(model: nn.Module, path: str | os.PathLike, name: str | None = No
     write_safetensors(path, state, {"format": FORMAT, "source": source, "spec": spec, "sites": sites, "pruning": pruning})
 
 
-def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model written by `save_pruned`, in eval mode, on `device`."""
+def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", model: str | None = None) -> nn.Module:
+    """Rebuild a model written by `save_pruned`, in eval mode, on `device`.
+
+    model: the id of the model the file was pruned from, as the user names it; required for a `py:` builder,
+    which is code and never run because a file names it (`vbp.file_sources`). Nothing is allocated before the
+    file's tensors are checked against the architecture it names."""
     state, meta = read_safetensors(path, (FORMAT, FORMAT_V1), "pruned model")
     try:
         if meta["format"] == FORMAT_V1:
             source, spec = {"model": meta["model"], "kwargs": meta["kwargs"]}, None
-            sites = {name: {"width": int(w)} for name, w in meta["widths"].items()}
+            sites = {name: {"width": _width(w)} for name, w in meta["widths"].items()}
         else:
             source, spec, sites = meta["source"], meta["spec"], meta["sites"]
-            sites = {name: {"width": int(s["width"]), "consumer_bias": bool(s["consumer_bias"])} for name, s in sites.items()}
-        model = _build(source, spec, sites)
+            sites = {name: {"width": _width(s["width"]), "consumer_bias": bool(s["consumer_bias"])} for name, s in sites.items()}
+        check_source(source, model, path)
+        _check_shapes(_build(source, spec, sites, device="meta"), state, path, source["model"])
+        built = _build(source, spec, sites)
+    except VbpError:
+        raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise VbpError(f"{path} has incomplete or malformed pruned-model metadata ({exc!r}); save it again") from exc
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:  # a model saved in float64 (or bf16) loads as it was saved
-        model.to(dtypes.pop())
+        built.to(dtypes.pop())
     try:
-        model.load_state_dict(state, strict=True)
+        built.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise VbpError(f"{path} does not match the model it names ('{source['model']}'): {exc}") from exc
     if isinstance(meta.get("pruning"), dict):
-        model.__dict__[PRUNING] = current_record(meta["pruning"])  # older files name strategies by strings
-    return model.to(device).eval()
+        built.__dict__[PRUNING] = current_record(meta["pruning"])  # older files name strategies by strings
+    return built.to(device).eval()
+
+
+def _width(value) -> int:
+    """A site width from a file: a non-negative integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"a site width of {value!r}")
+    return value
+
+
+def _check_shapes(skeleton: nn.Module, state: dict[str, torch.Tensor], path, name: str) -> None:
+    """Refuse a file whose tensors are not exactly those of the architecture it names (`skeleton`, on the meta
+    device), and an architecture too large to build here, before anything is allocated."""
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        first = next((k for k in expected if expected[k] != found.get(k)), None) or next(k for k in found if k not in expected)
+        raise VbpError(
+            f"{path} does not match the model it names ('{name}'): tensor {first} is {found.get(first)} in the "
+            f"file, {expected.get(first)} in the model; the file is damaged or was not written by vbp.save_pruned"
+        )
+    check_fits_in_memory(skeleton.__dict__[_UNPRUNED_BYTES], name, path)

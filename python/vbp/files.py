@@ -94,16 +94,23 @@ def write_csv_atomic(path: str | os.PathLike, rows: list[dict]) -> Path:
 
 
 def write_safetensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Atomically write `tensors` (moved to CPU, made contiguous) with `meta` as JSON metadata."""
-    cpu, storages = {}, set()
+    """Atomically write `tensors` (moved to CPU, made contiguous) with `meta` as JSON metadata.
+
+    A tensor tied to an earlier one (the same view of one storage: an HF model's embeddings and output head) is
+    written once; the metadata's "tied" maps each later name to the first, and `read_safetensors` restores it."""
+    cpu, tied, first_of, storages = {}, {}, {}, set()
     for k, v in tensors.items():
+        view = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype, v.device)
+        if view in first_of and v.numel():
+            tied[k] = first_of[view]
+            continue
+        first_of[view] = k
         v = v.detach().cpu().contiguous()
-        # a tied weight (an HF model's embeddings and output head) is one tensor under two names, which safetensors
-        # refuses: each later name gets its own copy (load_state_dict fills the one parameter twice)
+        # another view of a storage already written (safetensors refuses shared storage): its own copy
         cpu[k] = v.clone() if v.untyped_storage().data_ptr() in storages else v
-        storages.add(v.untyped_storage().data_ptr())
+        storages.add(cpu[k].untyped_storage().data_ptr())
     with atomic_path(path) as tmp:
-        save_file(cpu, tmp, metadata={"vbp": json.dumps(meta)})
+        save_file(cpu, tmp, metadata={"vbp": json.dumps({**meta, "tied": tied} if tied else meta)})
 
 
 def read_json(path: str | os.PathLike, expected_format: str, what: str, how_to_make: str = "") -> dict:
@@ -142,4 +149,8 @@ def read_safetensors(
     if not isinstance(meta, dict) or meta.get("format") not in formats:
         found = meta.get("format") if isinstance(meta, dict) else None
         raise VbpError(f"{path} holds '{found}', not vbp {what} ('{formats[0]}')")
+    tied = meta.pop("tied", {})
+    if not isinstance(tied, dict) or not all(isinstance(k, str) and v in tensors and k not in tensors for k, v in tied.items()):
+        raise VbpError(f"{path} has malformed metadata (tied tensors that name no tensor of the file); save it again")
+    tensors.update({alias: tensors[target] for alias, target in tied.items()})
     return tensors, meta

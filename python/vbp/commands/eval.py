@@ -128,7 +128,7 @@ def _check_no_pruning_options(args) -> None:
 def _models(args):
     """(the unpruned model, the pruned one or None): from --pruned, or --model pruned now by --ratio."""
     if args.pruned:
-        model = load_pruned(args.pruned, args.device)
+        model = load_pruned(args.pruned, args.device, model=args.model)
         check_model_of_pruned(args.model, model, args.pruned)
         reference = reference_of(model, args.pretrained, args.checkpoint, args.num_classes, args.device)
     else:

@@ -94,7 +94,7 @@ def run(args) -> None:
     check_writable(output / "model.safetensors")
     _check_no_run_overwritten(output, args.resume, args.overwrite)
     with distributed_session(args.device) as (device, rank, _):
-        student = load_pruned(args.pruned, device)
+        student = load_pruned(args.pruned, device, model=args.model)
         check_model_of_pruned(args.model, student, args.pruned)
         if is_text_model(student) and args.no_kd:
             raise VbpError(
