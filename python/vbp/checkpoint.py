@@ -13,6 +13,7 @@ import os
 import torch
 from torch import nn
 
+from .devices import check_device
 from .errors import VbpError
 from .families import find_sites
 from .families.spec import model_spec
@@ -80,6 +81,7 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", mod
     model: the id of the model the file was pruned from, as the user names it; required for a `py:` builder,
     which is code and never run because a file names it (`vbp.file_sources`). Nothing is allocated before the
     file's tensors are checked against the architecture it names."""
+    check_device(device)
     state, meta = read_safetensors(path, (FORMAT, FORMAT_V1), "pruned model")
     try:
         if meta["format"] == FORMAT_V1:

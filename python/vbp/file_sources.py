@@ -48,7 +48,7 @@ def check_source(source: object, named: str | None, path) -> dict:
             f"{path} asks to build {model} with {', '.join(loading)}, which load files or weights from elsewhere; "
             "vbp files never do: this file was not written by vbp.save_pruned"
         )
-    if model.startswith("hf:"):
+    if model.startswith(("hf:", "gguf:")):
         _check_attention(source.get("config"), path)
     return source
 

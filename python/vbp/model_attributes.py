@@ -6,3 +6,4 @@ SITE_SPEC = "_vbp_site_spec"  # the user's site specs, as JSON-able dicts (`vbp.
 PYTHON_SOURCE = "_vbp_python_source"  # {"model": "py:MODULE:FUNCTION", "kwargs": {...}} of a py: model
 TORCHVISION_SOURCE = "_vbp_torchvision_source"  # {"model": "tv:NAME", "kwargs": {...}} of a torchvision model
 INPUT_SHAPE = "_vbp_input_shape"  # a py: model's input shape without the batch dimension, e.g. (3, 224, 224)
+GGUF_SOURCE = "_vbp_gguf_source"  # "gguf:/abs/FILE.gguf": the GGUF file a gguf: model was dequantized from

@@ -1,12 +1,13 @@
-"""Model ids as users write them ("hf:DIR", "py:MODULE:FUNCTION", a timm name) and their canonical form."""
+"""Model ids as users write them ("hf:DIR", "gguf:FILE", "py:MODULE:FUNCTION", a timm name) and their canonical
+form."""
 
 from pathlib import Path
 
 
 def canonical_id(model_id: str) -> str:
-    """The id with a local folder written as its absolute resolved path, so that "hf:m/", "hf:./m" and
-    "hf:/abs/m" name one model; other ids unchanged."""
+    """The id with a local folder (hf:) or file (gguf:) written as its absolute resolved path, so that "hf:m/",
+    "hf:./m" and "hf:/abs/m" name one model; other ids unchanged."""
     prefix, sep, rest = model_id.partition(":")
-    if sep and prefix == "hf" and rest and Path(rest).is_dir():
-        return f"hf:{Path(rest).resolve()}"
+    if sep and rest and ((prefix == "hf" and Path(rest).is_dir()) or (prefix == "gguf" and Path(rest).is_file())):
+        return f"{prefix}:{Path(rest).resolve()}"
     return model_id

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import VbpError
+from .errors import VbpError, malformed
 from .files import read_json, write_text_atomic
 
 FORMAT = "vbp-plan/1"
@@ -71,6 +71,7 @@ class Plan:
             "format": FORMAT,
             "model": self.model,
             "ratio": self.ratio,
+            "ratio_removed": self.pruned_fraction,  # what rounding (round_to, min_keep) made of the ratio asked
             "scope": self.scope,
             "criterion": self.criterion,
             "widths": self.widths,
@@ -94,7 +95,7 @@ class Plan:
                 _target(doc.get("target")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise VbpError(f"{path} is a malformed vbp plan ({exc!r}); make it again with vbp prune --output") from exc
+            raise VbpError(f"{path} is a malformed vbp plan ({malformed(exc)}); make it again with vbp prune --output") from exc
         plan.validate()
         return plan
 

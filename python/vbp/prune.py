@@ -31,6 +31,7 @@ def prune(
     *,
     compensate: bool | None = None,
     ridge: float | None = None,
+    other_weights: bool = False,
 ) -> nn.Module:
     """Prune `model` in place and return it (deep-copy first to keep the original).
 
@@ -41,6 +42,10 @@ def prune(
     bias gains one), Affine(ridge=...) (each replaced by its least-squares prediction from the kept values;
     needs statistics with covariance) or NoCompensation(). With Mean(), the pruned model computes exactly what
     the original computes with those hidden values held at their means.
+
+    `stats` must have been gathered on this model's weights (their recorded fingerprint, see
+    `vbp.fingerprint`, is checked; statistics of another checkpoint or initialisation compensate with the wrong
+    means): other_weights=True prunes with them regardless (what `vbp prune --stats-anyway` does).
 
     Deprecated: compensate=False (use compensation="none") and ridge=r (use compensation=Affine(ridge=r)).
     """
@@ -57,6 +62,7 @@ def prune(
             f"the plan was made for '{plan.model}' with other MLP sites or widths than this model ('{name}')"
         )
     plan.validate()
+    fingerprint = weights_fingerprint(model)  # of the unpruned model: checked against the statistics, and recorded
     if strategy.needs:
         if stats is None:
             raise VbpError(
@@ -64,11 +70,16 @@ def prune(
                 "compensation='none'"
             )
         stats.check_matches(name, widths)
+        if not other_weights and stats.weights and stats.weights != fingerprint:
+            raise VbpError(
+                "the statistics were gathered on other weights than the model's (another checkpoint or random "
+                "initialisation): calibrate this model, or pass other_weights=True to prune with them regardless"
+            )
         if "covariance" in strategy.needs:
             stats.check_covariances(widths, needed_for=f"{strategy.name} compensation")
     # before any change: an unregistered compensation has no name to record
     record = current_record({"criterion": plan.criterion, "compensation": strategy.to_dict(), "ratio": plan.ratio})
-    record["weights"] = weights_fingerprint(model)  # of the unpruned model, so its reference can be checked
+    record["weights"] = fingerprint  # so that its unpruned reference can be checked
     for site in sites:
         prune_site(site, plan.kept(site.name), plan.pruned(site.name), stats, strategy)
     model.__dict__[PRUNING] = record

@@ -1,5 +1,7 @@
 """Choose which neurons to prune: the lowest-scored go first (VBP scores by activation variance)."""
 
+import numbers
+import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -15,10 +17,14 @@ if TYPE_CHECKING:
     from .latency import LatencyTable
 
 SCOPES = ("global", "layer", "uniform")
+ROUNDING_SLACK = 0.05  # a plan that removes more than 5 points more or less than the ratio asked is warned of
 
 
 def check_selection_options(widths: dict[str, int], min_keep: int = 1, round_to: int = 1) -> None:
     """Raise VbpError for min_keep / round_to that cannot fit these site widths (cheap: check before calibrating)."""
+    for value, what in ((min_keep, "min_keep"), (round_to, "round_to")):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise VbpError(f"{what} must be a whole number of neurons, got {value!r} ({type(value).__name__})")
     if min_keep < 1 or min_keep > min(widths.values()):
         raise VbpError(
             f"min_keep must be between 1 and the smallest site width ({min(widths.values())}), got {min_keep}"
@@ -75,6 +81,9 @@ def select(
     knapsack (`vbp.latency.knapsack`; scope="uniform": the best one width for all); the plan has scope
     "latency" (or "uniform") and records target and prediction.
     """
+    if not isinstance(stats, Stats):
+        hint = f": load the file with vbp.Stats.load({str(stats)!r})" if isinstance(stats, (str, os.PathLike)) else ""
+        raise VbpError(f"select takes the vbp.Stats of vbp.calibrate, got {type(stats).__name__}{hint}")
     targeted = target_speedup is not None or latency_budget_ms is not None
     if (ratio is None) != targeted:
         raise VbpError("give select either ratio or a latency target (target_speedup= or latency_budget_ms=)")
@@ -127,6 +136,12 @@ def select(
         warnings.warn(
             f"asked to prune {ratio:.0%} of the MLP neurons, but min_keep={min_keep} and round_to={round_to} let "
             f"only {plan.pruned_fraction:.1%} go; lower them to prune what you asked",
+            stacklevel=2,
+        )
+    elif abs(plan.pruned_fraction - ratio) > ROUNDING_SLACK:
+        warnings.warn(
+            f"asked to prune {ratio:.1%} of the MLP neurons, but rounding to min_keep={min_keep} and "
+            f"round_to={round_to} removes {plan.pruned_fraction:.1%}; lower round_to to come closer to what you asked",
             stacklevel=2,
         )
     return plan

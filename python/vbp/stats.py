@@ -13,7 +13,7 @@ import torch
 
 from .chan import chan_merge, row_chunks
 from .covariance import CoMoments
-from .errors import VbpError
+from .errors import VbpError, malformed
 from .files import read_safetensors, write_safetensors
 from .model_ids import canonical_id
 
@@ -215,7 +215,7 @@ class Stats:
                 str(meta.get("weights", "")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise VbpError(f"{source} are incomplete or malformed ({exc!r}); calibrate again") from exc
+            raise VbpError(f"{source} are incomplete or malformed ({malformed(exc)}); calibrate again") from exc
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a safetensors file (mean and m2, and covariance where gathered, per site) whose metadata holds

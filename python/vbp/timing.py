@@ -19,6 +19,22 @@ def interleaved_medians(
     all of them alike (timing each in a block of its own would bias their ratio). `sync` waits for queued
     device work (torch.cuda.synchronize on CUDA).
     """
+    return {name: statistics.median(t) for name, t in interleaved_times(fns, rounds, sync).items()}
+
+
+def spread(times: list[float]) -> float | None:
+    """How much timed rounds disagree: their median absolute deviation over their median (0.1: a typical round
+    is 10% off the median; one outlier among three or more rounds does not count). None for a single round."""
+    if len(times) < 2:
+        return None
+    median = statistics.median(times)
+    return statistics.median(abs(t - median) for t in times) / median if median > 0 else 0.0
+
+
+def interleaved_times(
+    fns: dict[str, Callable[[], object]], rounds: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, list[float]]:
+    """The seconds of every round of each callable, timed as `interleaved_medians` does."""
     for fn in fns.values():
         fn()
     sync()
@@ -29,7 +45,7 @@ def interleaved_medians(
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
 
 
 @torch.inference_mode()

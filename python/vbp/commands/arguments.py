@@ -14,12 +14,15 @@ from ..recorder import BACKENDS
 from ..select import SCOPES
 
 
-def add_model_args(p: argparse.ArgumentParser, input_size: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, input_size: bool = True, reads_data: bool = True) -> None:
+    """--model and its weights, --sites, --input-size (with `input_size`; its default from --data when the command
+    `reads_data`) and --device."""
     p.add_argument(
         "--model",
         default=MODEL_NAME,
-        help="a timm name, hf:DIR_OR_ID (Hugging Face), tv:NAME (torchvision) or py:MODULE:FUNCTION (a builder of "
-        "your own); the default is the embedded digits ViT",
+        help="a timm name, hf:DIR_OR_ID (Hugging Face), gguf:FILE (a GGUF causal LM, dequantized once into "
+        "~/.cache/vbp/gguf), tv:NAME (torchvision) or py:MODULE:FUNCTION (a builder of your own); the default is the "
+        "embedded digits ViT",
     )
     p.add_argument(
         "--sites",
@@ -40,7 +43,8 @@ def add_model_args(p: argparse.ArgumentParser, input_size: bool = True) -> None:
             "--input-size",
             metavar="C,H,W",
             help="the input shape of a py: model (for MACs, synthetic data and the --sites check; default: that "
-            "of the first input of --data)",
+            "of the first input of --data)" if reads_data else "the input shape of a py: model (and of the --sites "
+            "check); default: the shape its builder sets",
         )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 
@@ -109,8 +113,9 @@ def add_sequential_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_latency_args(p: argparse.ArgumentParser) -> None:
-    """--latency-batch and --runtime: the batch and runtime a latency table is measured for."""
+def add_latency_args(p: argparse.ArgumentParser, table: bool = True) -> None:
+    """--latency-batch and --runtime: the batch and runtime a latency table is measured for (`table`: the command
+    also takes --latency-table, whose runtime is the default)."""
     p.add_argument(
         "--latency-batch",
         type=int,
@@ -121,7 +126,7 @@ def add_latency_args(p: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=RUNTIMES,
         help=f"how the pruned model will run: as it is (eager) or after vbp.compact (compact); default "
-        f"{RUNTIMES[0]}, or that of --latency-table",
+        f"{RUNTIMES[0]}" + (", or that of --latency-table" if table else ""),
     )
 
 
@@ -132,6 +137,11 @@ def add_stats_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use --stats even if they were gathered on other weights than the model's",
     )
+
+
+def add_overwrite_arg(p: argparse.ArgumentParser, what: str) -> None:
+    """--overwrite: replace `what` (an output another command or program wrote, refused without it)."""
+    p.add_argument("--overwrite", action="store_true", help=f"replace {what}")
 
 
 def add_resume_args(p: argparse.ArgumentParser, resumes_from: str, result_options: str) -> None:

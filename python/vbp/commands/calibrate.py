@@ -1,13 +1,14 @@
 """vbp calibrate: gather per-neuron statistics of every MLP site and save them (resumable, torchrun-aware)."""
 
 import argparse
+import glob
 from pathlib import Path
 
 from ..errors import VbpError
 from ..files import check_writable
-from .arguments import add_data_args, add_model_args, add_resume_args
+from .arguments import add_data_args, add_model_args, add_overwrite_arg, add_resume_args
 from .options import calibrate_on_data, check_resume_args, model_of
-from .paths import check_outputs_spare_inputs
+from .paths import check_output_kinds, check_outputs_spare_inputs
 from .session import distributed_session
 
 NAME = "calibrate"
@@ -30,6 +31,7 @@ def add_arguments(p) -> None:
         "--checkpoint-every", type=int, dest="save_partial_every", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     add_resume_args(p, "STATS.partial", "data, batch size, weights")
+    add_overwrite_arg(p, "a --stats file that holds something else than statistics")
     p.add_argument(
         "--covariance",
         action="store_true",
@@ -43,6 +45,7 @@ def run(args) -> None:
     if args.save_partial_every < 0:
         raise VbpError(f"--save-partial-every must be 0 (never) or a number of batches, got {args.save_partial_every}")
     check_outputs_spare_inputs(NAME, args)
+    check_output_kinds(NAME, args)
     check_writable(args.stats)
     with distributed_session(args.device) as (args.device, rank, world):
         partial = Path(f"{args.stats}.partial" + (f".rank{rank}" if world > 1 else ""))
@@ -67,6 +70,11 @@ def run(args) -> None:
 
 
 def interrupted_hint(args) -> str:
-    if args.save_partial_every:
+    """How to go on: --resume where partial statistics were saved (under torchrun, one file per rank), else the
+    same command again (none is saved before the first K batches)."""
+    if not args.save_partial_every:
+        return "nothing was written; --save-partial-every K makes a long calibration resumable"
+    if list(Path(args.stats).parent.glob(f"{glob.escape(Path(args.stats).name)}.partial*")):
         return f"run the same command with --resume to continue from {args.stats}.partial"
-    return "nothing was written; --save-partial-every K makes a long calibration resumable"
+    return (f"no partial statistics were saved yet (the first after {args.save_partial_every} batches), so there is "
+            "nothing to resume: run the same command again")

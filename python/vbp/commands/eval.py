@@ -2,6 +2,7 @@
 unpruned one; under torchrun every rank evaluates its shard and the counts are summed."""
 
 import json
+import sys
 
 from ..checkpoint import load_pruned
 from ..compact import KERNELS, compact
@@ -11,10 +12,17 @@ from ..families import site_widths
 from ..files import check_writable, write_text_atomic
 from ..select import check_ratio, check_selection_options
 from ..timing import latencies
-from ..workflows.data import is_text_model
+from ..workflows.data import TEXT_HALVES, is_text_model, text_half
 from ..workflows.evaluate import accuracy, latency_images, retention
 from ..workflows.text import read_sentences, text_fidelity, text_loader, tokenizer_of
-from .arguments import add_data_args, add_model_args, add_selection_args, add_sequential_arg, add_stats_args
+from .arguments import (
+    add_data_args,
+    add_model_args,
+    add_overwrite_arg,
+    add_selection_args,
+    add_sequential_arg,
+    add_stats_args,
+)
 from .options import (
     batches,
     check_model_of_pruned,
@@ -26,7 +34,7 @@ from .options import (
     reference_of,
     stats_for,
 )
-from .paths import check_outputs_spare_inputs
+from .paths import check_output_kinds, check_outputs_spare_inputs
 from .session import distributed_session
 
 NAME = "eval"
@@ -59,6 +67,7 @@ def add_arguments(p) -> None:
     add_sequential_arg(p)
     add_stats_args(p)
     p.add_argument("--summary", help="also write the result as JSON to this file")
+    add_overwrite_arg(p, "a --summary file that holds something else than a vbp summary")
 
 
 def run(args) -> None:
@@ -71,11 +80,10 @@ def run(args) -> None:
     elif args.sequential:
         raise VbpError("--sequential prunes site by site: give it with --ratio R")
     check_stats_args(args)
-    if args.data == "synthetic":
-        raise VbpError("synthetic data has no labels to evaluate against; give --data digits or an ImageFolder")
     if args.latency_batch is not None and args.latency_batch < 1:
         raise VbpError(f"--latency-batch must be at least 1, got {args.latency_batch}")
     check_outputs_spare_inputs(NAME, args)
+    check_output_kinds(NAME, args)
     if args.summary:
         check_writable(args.summary)
     with distributed_session(args.device) as (args.device, rank, _):
@@ -130,15 +138,39 @@ def _models(args):
     if args.pruned:
         model = load_pruned(args.pruned, args.device, model=args.model)
         check_model_of_pruned(args.model, model, args.pruned)
+        _check_evaluable(args.data, model)
         reference = reference_of(model, args.pretrained, args.checkpoint, args.num_classes, args.device)
     else:
         reference = model_of(args)
+        _check_evaluable(args.data, reference)
         model = None
         if args.ratio is not None:
+            if is_text_model(reference) and not args.stats:
+                _hold_out_half(args)
             check_ratio(args.ratio)
             check_selection_options(site_widths(reference), args.min_keep, args.round_to)
             model = pruned_model(args, reference, stats_for(args, reference))[1]
     return reference, model
+
+
+def _check_evaluable(data: str, model) -> None:
+    """Synthetic inputs have nothing to evaluate against: say what data the model takes instead."""
+    if data == "synthetic":
+        takes = "--data FILE.txt (sentences, one per line)" if is_text_model(model) else "--data digits or an image folder"
+        raise VbpError(f"synthetic data has no labels or sentences to evaluate against; give {takes}")
+
+
+def _hold_out_half(args) -> None:
+    """eval --ratio on a text file calibrates on its first half and evaluates on the other half, never on the
+    sentences it was calibrated on (a text file has no splits); says so."""
+    sentences = read_sentences(args.data)
+    n = len(text_half(sentences, TEXT_HALVES[0], args.data))  # fewer than 4 sentences: refused here
+    args.calibration_split, args.eval_split = TEXT_HALVES
+    print(
+        f"--ratio on a text file: calibrating on the first {n} sentences of {args.data} and evaluating on the "
+        f"other {len(sentences) - n}, held out (give --stats to calibrate on other text and evaluate on all of it)",
+        file=sys.stderr,
+    )
 
 
 def _measure_text(args, reference, model) -> dict:
@@ -154,8 +186,9 @@ def _measure_text(args, reference, model) -> dict:
         raise VbpError("the evaluation of a text model runs in one process (its neighbours span all sentences)")
     if args.compact:
         model = compact(model, args.compact)
+    split = getattr(args, "eval_split", "test")
     sentences = limited(
-        batches(args.data, reference, "test", args.batch_size, args.num_batches, args.skip_bad_images), args.num_batches
+        batches(args.data, reference, split, args.batch_size, args.num_batches, args.skip_bad_images), args.num_batches
     )
     result = text_fidelity(reference, model, sentences)
     if args.latency_batch:

@@ -82,7 +82,7 @@ def check_device(device: str) -> str:
 def load_model(name: str, weights: dict, device: str) -> nn.Module:
     """The model `name` with `weights` (see weights_of) on `device`; warns when its weights are random."""
     check_device(device)
-    random_weights = not (weights["pretrained"] or weights["checkpoint"] or name.startswith("hf:"))
+    random_weights = not (weights["pretrained"] or weights["checkpoint"] or name.startswith(("hf:", "gguf:")))
     source = "random weights" if random_weights else weights["checkpoint"] or "its pretrained weights"
     print(f"loading {name} with {source} on {device}", file=sys.stderr)
     # random weights come from a fixed seed, so that a resumed calibration and every torchrun rank see the same
@@ -170,8 +170,10 @@ def run_options(args) -> dict:
 
 
 def train_batches(args, model: nn.Module):
-    """Batches of --data's train split, as calibration reads them."""
-    return batches(args.data, model, "train", args.batch_size, args.num_batches, args.skip_bad_images)
+    """Batches of --data's train split (or the split a command set as `args.calibration_split`: eval --ratio on a
+    text file calibrates on its first half), as calibration reads them."""
+    split = getattr(args, "calibration_split", "train")
+    return batches(args.data, model, split, args.batch_size, args.num_batches, args.skip_bad_images)
 
 
 def calibration_options(args) -> dict:
@@ -264,4 +266,5 @@ def pruned_model(args, model, stats, latency=None):
         pruned, plan = prune_sequential(copy.deepcopy(model), plan, train_batches(args, model), compensation_of(args),
                                         **calibration_options(args))
         return plan, pruned
-    return plan, prune(copy.deepcopy(model), plan, stats, compensation=compensation_of(args))
+    return plan, prune(copy.deepcopy(model), plan, stats, compensation=compensation_of(args),
+                       other_weights=getattr(args, "stats_anyway", False))

@@ -1,9 +1,12 @@
-"""Every command's input and output paths, and the one check that no output overwrites or lands inside an input.
+"""Every command's input and output paths, the one check that no output overwrites or lands inside an input, and
+the check that an existing single-file output is of the kind the command writes.
 
 Inputs are what the user already has: the `hf:` folder a model is loaded from, weights (`--checkpoint`),
 data files and folders, statistics, pruned models, a teacher's folder. Outputs are every file a command writes.
+Output folders are `vbp.output_folder`'s: owned by one command and model, replaced whole.
 """
 
+import json
 from pathlib import Path
 
 from ..errors import VbpError
@@ -22,7 +25,6 @@ SWEEP_FILES = (
 )
 DEMO_FILES = ("model.safetensors", "plan.json", "minilm_table.md")
 BUILTIN_DATA = ("digits", "synthetic")
-WHOLE_FOLDER_OUTPUTS = ("--hf",)  # output folders a command replaces as a whole
 
 
 def _model_folder(model_id: str | None) -> str | None:
@@ -49,6 +51,24 @@ def command_inputs(command: str, args) -> dict[str, str]:
     return {option: path for option, path in inputs.items() if path}
 
 
+def replaced_folders(command: str, args) -> dict[Path, str]:
+    """Folder -> option of every output folder `command` replaces whole with these arguments (`vbp.output_folder`):
+    prune's --output, export's --hf, and finetune's --output when --overwrite starts it over."""
+    get = lambda name: getattr(args, name, None)  # noqa: E731
+    folder = {"prune": "output", "export": "hf", "finetune": "output" if get("overwrite") else None}.get(command)
+    return {Path(get(folder)): f"--{folder}"} if folder and get(folder) else {}
+
+
+def carried_inputs(command: str, args) -> set[str]:
+    """The options whose input file lies in a replaced output folder and is carried into the new one: prune's
+    --stats OUT/stats.safetensors (statistics an earlier prune of the folder's model gathered) stays beside the
+    model pruned from them."""
+    if command == "prune" and args.output and args.stats:
+        if Path(args.stats).resolve() == (Path(args.output) / "stats.safetensors").resolve():
+            return {"--stats"}
+    return set()
+
+
 def command_outputs(command: str, args) -> dict[Path, str]:
     """Path -> option of every file `command` writes with these arguments."""
     get = lambda name: getattr(args, name, None)  # noqa: E731
@@ -63,6 +83,9 @@ def command_outputs(command: str, args) -> dict[Path, str]:
             raise VbpError(f"--onnx {args.onnx} lies inside --hf {args.hf}, which is replaced whole: write it elsewhere")
     if command == "prune" and get("latency_table") and not Path(args.latency_table).exists():
         _add_output(outputs, Path(args.latency_table), "--latency-table")  # written when prune measures it
+        if get("output") and Path(args.latency_table).resolve().is_relative_to(Path(args.output).resolve()):
+            raise VbpError(f"--latency-table {args.latency_table} lies inside --output {args.output}, which is replaced "
+                           "whole: write it elsewhere")
     folder_files = {"prune": PRUNE_FILES, "finetune": FINETUNE_FILES, "sweep": SWEEP_FILES, "demo": DEMO_FILES}
     if get("output") and command in folder_files:
         for name in folder_files[command]:
@@ -101,8 +124,76 @@ def check_outputs_spare_inputs(command: str, args) -> None:
                     f"the output {output} ({out_option}) lies inside the input folder {source} ({option}); writing "
                     "there would change your input: choose an output path outside it"
                 )
-            if out_option in WHOLE_FOLDER_OUTPUTS and source.is_relative_to(target):
+    carried = carried_inputs(command, args)
+    for output, out_option in replaced_folders(command, args).items():
+        for option, source in inputs.items():
+            if source.is_relative_to(output.resolve()) and option not in carried:
                 raise VbpError(
                     f"the input {source} ({option}) lies inside the output folder {output} ({out_option}), which is "
                     "replaced whole: choose an output folder that holds none of your inputs"
                 )
+
+
+# What an existing single-file output must hold to be replaced without --overwrite: the kind the option writes.
+FILE_KINDS = {"--stats": "vbp statistics", "--stats (its .partial)": "vbp statistics", "--onnx": "an ONNX model",
+              "--summary": "a vbp summary"}
+SUMMARY_KEYS = ("ratio_removed", "top1", "cosine")  # one of them is in every summary prune and eval write
+
+
+def check_output_kinds(command: str, args) -> None:
+    """Refuse, before any work, an existing --stats, --onnx or --summary file that holds something else than what
+    the option writes (a pruned model, data, a plan, a file of another program): writing would destroy it.
+    --overwrite replaces it anyway."""
+    if getattr(args, "overwrite", False):
+        return
+    for path, option in command_outputs(command, args).items():
+        kind = FILE_KINDS.get(option)
+        if kind and path.is_file() and not _holds(path, kind):
+            raise VbpError(
+                f"{option.split()[0]} {path} already exists and is not {kind}; writing would destroy it: give "
+                "another path, or --overwrite to replace it"
+            )
+
+
+def _holds(path: Path, kind: str) -> bool:
+    if kind == "vbp statistics":
+        return _vbp_format(path).startswith("vbp-stats/")
+    if kind == "an ONNX model":
+        return _is_onnx(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and "format" not in doc and any(k in doc for k in SUMMARY_KEYS)
+
+
+def _vbp_format(path: Path) -> str:
+    """The format tag of a vbp safetensors file ("vbp-stats/2", "vbp-model/2"); "" for any other file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vbp", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        return ""
+    return meta.get("format", "") if isinstance(meta, dict) and isinstance(meta.get("format"), str) else ""
+
+
+def _is_onnx(path: Path) -> bool:
+    """Whether `path` parses as an ONNX model with a graph (its external data, if any, not read)."""
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx missing, or protobuf's and onnx's own errors for a file that is no model
+        return False
+    return proto.ir_version > 0 and len(proto.graph.node) > 0
+
+
+def written_hint(args) -> str:
+    """What a command interrupted by Ctrl-C has written: the outputs it appended to args.written as each landed
+    (a folder swapped in, a file renamed into place); every other output is as it was."""
+    written = getattr(args, "written", [])
+    if not written:
+        return "nothing was written"
+    return f"wrote {' and '.join(map(str, written))} before the interrupt; nothing else was written"

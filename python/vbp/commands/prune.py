@@ -1,5 +1,7 @@
 """vbp prune: calibrate (or read --stats), select, compensate and slice; write the model, plan and summary."""
 
+import math
+import shutil
 from pathlib import Path
 
 from ..checkpoint import save_pruned
@@ -8,18 +10,20 @@ from ..families import site_widths
 from ..files import check_writable
 from ..latency import LatencyTable, measure_speedup, table_for
 from ..latency.profile import RUNTIMES, check_batch
+from ..output_folder import check_folder, folder_model_id, staged_folder
 from ..select import check_ratio, check_selection_options
 from ..workflows.report import format_summary, summarize, write_summary
 from .arguments import (
     add_data_args,
     add_latency_args,
     add_model_args,
+    add_overwrite_arg,
     add_selection_args,
     add_sequential_arg,
     add_stats_args,
 )
 from .options import check_stats_args, compensation_of, model_of, pruned_model, stats_for
-from .paths import check_outputs_spare_inputs, command_outputs
+from .paths import carried_inputs, check_output_kinds, check_outputs_spare_inputs, command_outputs, written_hint
 
 NAME = "prune"
 HELP = "prune the lowest-variance MLP neurons, with mean-shift (or affine) compensation"
@@ -49,8 +53,13 @@ def add_arguments(p) -> None:
     add_selection_args(p)
     add_sequential_arg(p)
     add_stats_args(p)
-    p.add_argument("--output", help="folder to write model.safetensors, plan.json (and stats.safetensors) to")
+    p.add_argument(
+        "--output",
+        help="folder to write model.safetensors, plan.json (and stats.safetensors) to; a folder an earlier prune of "
+        "the same model wrote is replaced whole, any other is refused",
+    )
     p.add_argument("--summary", help="write MACs, params and widths as JSON to this file")
+    add_overwrite_arg(p, "an --output folder or a --summary file that another command (or program) wrote")
 
 
 def run(args) -> None:
@@ -58,8 +67,12 @@ def run(args) -> None:
     compensation_of(args)  # contradictory options end here, before any work
     check_stats_args(args)
     check_outputs_spare_inputs(NAME, args)
+    check_output_kinds(NAME, args)
+    if args.output:
+        check_folder(args.output, NAME, folder_model_id(args.model), args.overwrite)
     for path in command_outputs(NAME, args):
         check_writable(path)
+    args.written = []  # for the message after Ctrl-C
     model = model_of(args, reads_data=not args.stats or args.sequential)
     check_selection_options(site_widths(model), args.min_keep, args.round_to)
     table = latency_table_of(args, model)
@@ -69,16 +82,30 @@ def run(args) -> None:
     if table is not None or args.latency_batch:
         summary["latency"] = latency_summary(args, model, pruned, plan, table, summary)
     print(format_summary(summary))
+    summary_path = Path(args.summary) if args.summary else None
     if args.output:
         out = Path(args.output)
-        save_pruned(pruned, out / "model.safetensors")
-        plan.save(out / "plan.json")
-        if not args.stats:
-            stats.save(out / "stats.safetensors")
+        with staged_folder(out, NAME, folder_model_id(args.model)) as new:
+            save_pruned(pruned, new / "model.safetensors")
+            plan.save(new / "plan.json")
+            if not args.stats:
+                stats.save(new / "stats.safetensors")
+            elif "--stats" in carried_inputs(NAME, args):  # the folder's own statistics stay with it
+                shutil.copy2(args.stats, new / "stats.safetensors")
+            if summary_path and summary_path.resolve().is_relative_to(out.resolve()):  # in the folder: swapped in with it
+                write_summary(new / summary_path.resolve().relative_to(out.resolve()), summary)
+                summary_path = None
+        args.written.append(f"{out}/")
         print(f"wrote the pruned model and its plan to {out}/")
+    if summary_path:
+        write_summary(summary_path, summary)
+        args.written.append(summary_path)
     if args.summary:
-        write_summary(args.summary, summary)
         print(f"wrote {args.summary}")
+
+
+def interrupted_hint(args) -> str:
+    return written_hint(args)
 
 
 def check_target_args(args) -> None:
@@ -91,10 +118,10 @@ def check_target_args(args) -> None:
         check_ratio(args.ratio)
     elif args.scope == "layer":
         raise VbpError(f"--scope {args.scope} applies to --ratio; {given[0]} chooses every site's width itself")
-    if args.target_speedup is not None and not args.target_speedup > 1:
-        raise VbpError(f"--target-speedup must be above 1 (1.5 is 1.5x faster), got {args.target_speedup}")
-    if args.latency_budget_ms is not None and not args.latency_budget_ms > 0:
-        raise VbpError(f"--latency-budget-ms must be positive, got {args.latency_budget_ms}")
+    if args.target_speedup is not None and not 1 < args.target_speedup < math.inf:
+        raise VbpError(f"--target-speedup must be a finite number above 1 (1.5 is 1.5x faster), got {args.target_speedup}")
+    if args.latency_budget_ms is not None and not 0 < args.latency_budget_ms < math.inf:
+        raise VbpError(f"--latency-budget-ms must be a positive, finite number of milliseconds, got {args.latency_budget_ms}")
     if args.latency_batch is not None:
         check_batch(args.latency_batch)
     has_table = args.latency_table is not None and Path(args.latency_table).exists()

@@ -8,7 +8,7 @@ from ..errors import VbpError
 from ..families import site_widths
 from ..files import check_writable
 from ..select import check_selection_options
-from ..workflows.data import dataset
+from ..workflows.data import dataset, is_text_model
 from ..workflows.finetune import FinetuneConfig
 from .arguments import add_data_args, add_model_args, add_selection_args
 from .options import calibrate_on_data, compensation_of, model_of, val_dataset
@@ -28,9 +28,8 @@ def add_arguments(p) -> None:
     p.add_argument("--rates", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7", help="comma-separated pruning rates")
     p.add_argument(
         "--methods",
-        default=",".join(DEFAULT_METHODS),
         help="comma-separated CRITERION[+COMPENSATION], e.g. variance+mean (VBP), variance+affine, redundancy+affine "
-        "(the first one's plan is used for the activation figures)",
+        f"(the first one's plan is used for the activation figures; default {','.join(DEFAULT_METHODS)})",
     )
     add_selection_args(p)
     # --criterion / --compensation name one method instead of --methods (unset criterion: variance, compensation: mean)
@@ -56,6 +55,12 @@ def run(args) -> None:
     check_outputs_spare_inputs(NAME, args)
     check_writable(output / "table.csv")
     model = model_of(args)
+    if is_text_model(model):
+        raise VbpError(
+            f"{args.model} is a text model, and vbp sweep measures the top-1 accuracy of image classifiers: compare "
+            "a text model with its pruned copies by vbp eval --ratio R --data FILE.txt (embedding agreement), one "
+            "rate at a time"
+        )
     check_selection_options(site_widths(model), args.min_keep, args.round_to)
     val = val_dataset(args.val_data, args.data, model, args.skip_bad_images)
     if val is None:
@@ -89,12 +94,22 @@ def run(args) -> None:
 
 def _methods(args) -> list:
     """--criterion/--compensation (as prune takes them) name one method; without them, --methods, where --ridge
-    applies to the affine ones."""
+    applies to the affine ones. Both at once are refused: each would rewrite the other."""
     from ..method import Method
+    from ..workflows.sweep import DEFAULT_METHODS
 
-    if args.criterion or args.compensation or args.no_compensation:
+    one = [o for o, v in (("--criterion", args.criterion), ("--compensation", args.compensation),
+                          ("--no-compensation", args.no_compensation)) if v]
+    if one and args.methods is not None:
+        compensation = args.compensation or ("none" if args.no_compensation else "mean")
+        raise VbpError(
+            f"--methods names each method's criterion and compensation, and {' and '.join(one)} name one method: give "
+            f"--methods alone (e.g. --methods {args.criterion or 'variance'}+{compensation}) or "
+            f"{' and '.join(one)} without --methods"
+        )
+    if one:
         return [Method(args.criterion or "variance", compensation_of(args))]
-    methods = [Method.parse(m) for m in args.methods.split(",")]
+    methods = [Method.parse(m) for m in (args.methods or ",".join(DEFAULT_METHODS)).split(",")]
     if args.ridge is None:
         return methods
     if not any(m.compensation.name == "affine" for m in methods):

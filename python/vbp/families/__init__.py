@@ -1,7 +1,8 @@
 """Model families: where a model comes from, how to rebuild it, and where its MLP sites are.
 
 A family is one file in this package, registered in `FAMILIES` (in order) by `register`. Each knows:
-- its model ids (a prefix: "" timm names, "hf:" Hugging Face, "tv:" torchvision, "py:" a Python builder),
+- its model ids (a prefix: "" timm names, "hf:" Hugging Face, "gguf:" a GGUF file, "tv:" torchvision, "py:" a
+  Python builder),
   how to create such a model, and how to describe a model of its own so that `build` rebuilds its
   architecture (what `save_pruned` stores, as JSON);
 - optionally, how to find MLP sites in any model (`find`), structurally, by the module classes and names
@@ -49,6 +50,8 @@ def find_sites(model: nn.Module, spec=None) -> list[MlpSite]:
     Without a spec, the first model family (`vbp.families`) that finds sites in the model gives them.
     Raises VbpError when there are none, naming what was looked for and any blocks that were skipped.
     """
+    if not isinstance(model, nn.Module):
+        raise VbpError(f"find_sites takes a torch.nn.Module, got {type(model).__name__} (vbp.create_model builds one by id)")
     return sites_of(model, spec)
 
 
@@ -57,7 +60,7 @@ def site_widths(model: nn.Module) -> dict[str, int]:
     return {site.name: site.width for site in find_sites(model)}
 
 
-# registration order: the order families' finders are tried in
+# registration order: the order families' finders are tried in, and the first that owns a model is its family
 # isort: off
-from . import timm_models, hf, python_builder, torchvision_models  # noqa: E402,F401
+from . import timm_models, gguf, hf, python_builder, torchvision_models  # noqa: E402,F401
 # isort: on

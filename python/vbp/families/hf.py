@@ -14,12 +14,14 @@ since an HF config holds one `intermediate_size` for all layers.
 
 import functools
 import os
+import pickle
 import socket
 import sys
 import urllib.parse
 import urllib.request
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..activations import register_gelu
@@ -119,9 +121,15 @@ def _load(name: str, where: str, **kwargs) -> nn.Module:
         return _model_class(config, name).from_pretrained(name, **kwargs)
     except VbpError:
         raise
-    except (OSError, ValueError) as exc:
-        message = " ".join(str(exc).split())
-        raise VbpError(f"cannot load the Hugging Face model '{name}' from {where}: {message}") from exc
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) refused a pickle: its 40 lines, in one
+        raise VbpError(
+            f"cannot load the Hugging Face model '{name}' from {where}: its .bin weights hold Python objects besides "
+            "tensors, which are never unpickled (they can run code); use a copy with model.safetensors"
+        ) from exc
+    except (OSError, ValueError, SafetensorError) as exc:
+        message = " ".join(str(exc).split())[:400]
+        damaged = " (a weights file may be truncated or damaged: copy or download it again)" * isinstance(exc, SafetensorError)
+        raise VbpError(f"cannot load the Hugging Face model '{name}' from {where}: {message}{damaged}") from exc
 
 
 def _model_class(config, name: str) -> type:

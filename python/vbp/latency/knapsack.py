@@ -117,7 +117,8 @@ def _uniform_widths(
 
 
 def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): inf and NaN are no speed-up or budget to select widths for."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
 
 
 def keep_for_target(
@@ -142,10 +143,12 @@ def keep_for_target(
     full_ms = table.predict_ms(table.widths)
     if target_speedup is not None:
         if not _number(target_speedup) or not target_speedup > 1:
-            raise VbpError(f"the target speed-up must be a number above 1 (1.5 is 1.5x faster), got {target_speedup!r}")
+            raise VbpError(
+                f"the target speed-up must be a finite number above 1 (1.5 is 1.5x faster), got {target_speedup!r}"
+            )
         budget_ms = full_ms / target_speedup
     elif not _number(budget_ms) or not budget_ms > 0:
-        raise VbpError(f"the latency budget must be a positive number of milliseconds, got {budget_ms!r}")
+        raise VbpError(f"the latency budget must be a positive, finite number of milliseconds, got {budget_ms!r}")
     widths = widths_for_budget(scores, table, budget_ms, min_keep, round_to, uniform)
     keep = {n: sorted(torch.argsort(scores[n].double(), descending=True, stable=True)[:w].tolist())
             for n, w in widths.items()}

@@ -18,6 +18,7 @@ than long ones). The table thus predicts both measured models exactly.
 import copy
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -37,7 +38,7 @@ from ..families import find_sites
 from ..model_ids import canonical_id
 from ..models import example_input, model_device, model_name
 from ..sites import set_submodule
-from ..timing import interleaved_medians
+from ..timing import interleaved_medians, interleaved_times, spread
 from .table import LatencyTable, MlpShape, WidthCurve
 
 RUNTIMES = ("eager", "compact")
@@ -46,6 +47,7 @@ COARSE_ROUNDS = 2
 COARSE_STEPS = 24
 REFINE_INTERVALS = 4
 REFINE_POINTS = 7
+MAX_SPREAD = 0.5  # a table whose end-to-end rounds disagree more (see `vbp.timing.spread`) is not saved
 
 
 def check_runtime(runtime: str) -> str:
@@ -265,7 +267,12 @@ def _sync(device: torch.device):
 
 @torch.inference_mode()
 def profile(
-    model: nn.Module, batch, runtime: str = "eager", rounds: int = DEFAULT_ROUNDS, progress: bool = True
+    model: nn.Module,
+    batch,
+    runtime: str = "eager",
+    rounds: int = DEFAULT_ROUNDS,
+    progress: bool = True,
+    max_spread: float = MAX_SPREAD,
 ) -> LatencyTable:
     """The latency table of `model` (on its device, in its dtype, at the current torch threads) for `batch` (a
     number of example inputs, or the inputs themselves: see `batch_of`) under `runtime` ("eager": the pruned
@@ -273,11 +280,17 @@ def profile(
 
     Two passes: the coarse widths of every MLP shape (COARSE_ROUNDS rounds) to find the steps to refine; then the
     full model and every width of every shape, all in turn (`rounds` rounds), so that the curves and the fixed
-    cost come from one pass over the same machine state."""
+    cost come from one pass over the same machine state.
+
+    The rounds of that pass measure the machine's noise: where the full model's or the bare model's rounds
+    spread by more than `max_spread` (median absolute deviation over the median, `vbp.timing.spread`), a busy
+    machine slowed them and the table is refused (VbpError) rather than trusted; the table records its spread."""
     batch = batch_of(model, batch)
     check_runtime(runtime)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise VbpError(f"rounds must be a whole number, at least 1, got {rounds!r}")
+    if isinstance(max_spread, bool) or not isinstance(max_spread, (int, float)) or not max_spread > 0:
+        raise VbpError(f"max_spread must be a positive number (0.5: rounds 50% apart; inf: never refuse), got {max_spread!r}")
     start = time.perf_counter()
     model.eval()
     device, dtype = model_device(model), next(model.parameters()).dtype
@@ -286,13 +299,16 @@ def profile(
     xs = [torch.randn(s.input_shape, generator=torch.Generator().manual_seed(i)).to(device, dtype)
           for i, s in enumerate(shapes)]
 
-    def timed(grids: dict[int, list[int]], extra: dict, n: int) -> dict:
-        """Median ms of `extra`'s callables and of shape i's MLP at each width of grids[i], keyed (i, width)."""
+    def timed(grids: dict[int, list[int]], extra: dict, n: int) -> tuple[dict, float | None]:
+        """(median ms of `extra`'s callables and of shape i's MLP at each width of grids[i], keyed (i, width);
+        the largest spread of `extra`'s rounds, None without any)."""
         fns = dict(extra)
         for i, grid in grids.items():
             for w in grid:
                 fns[i, w] = partial(mlp_at(shapes[i], w, acts[i], runtime, device, dtype), xs[i])
-        return {k: 1e3 * v for k, v in interleaved_medians(fns, n, sync).items()}
+        times = interleaved_times(fns, n, sync)
+        spreads = [x for x in (spread(times[k]) for k in extra) if x is not None]
+        return {k: 1e3 * statistics.median(v) for k, v in times.items()}, max(spreads, default=None)
 
     def say(text: str) -> None:
         if progress:
@@ -303,12 +319,19 @@ def profile(
             f"{sum(1 for j in sites.values() if j == i)} sites")
     coarse = {i: width_grid(s.hidden) for i, s in enumerate(shapes)}
     say(f"profiling {sum(map(len, coarse.values()))} coarse widths")
-    first = timed(coarse, {}, COARSE_ROUNDS)
+    first, _ = timed(coarse, {}, COARSE_ROUNDS)
     grids = {i: sorted({*grid, *refine_widths(grid, [first[i, w] for w in grid])}) for i, grid in coarse.items()}
     grids = {i: [0, *grid] for i, grid in grids.items()}
     say(f"profiling the full model, the model without MLPs and {sum(map(len, grids.values()))} widths, in turn")
     models = {"model": runtime_model(model, runtime), "bare": runtime_model(without_mlps(model), runtime)}
-    t = timed(grids, {k: partial(run_model, m, batch, device) for k, m in models.items()}, rounds)
+    t, noise = timed(grids, {k: partial(run_model, m, batch, device) for k, m in models.items()}, rounds)
+    if noise is not None and noise > max_spread:
+        raise VbpError(
+            f"the timings are too noisy to trust: the rounds of the model, end to end, spread by {noise:.0%} of their median "
+            f"(median absolute deviation; at most {max_spread:.0%} is trusted), so the machine was busy and the "
+            "table would predict its load, not the model; no table was saved: profile again on a quieter machine "
+            "(or accept the noise: vbp profile --max-spread, profile(max_spread=))"
+        )
     uses = Counter(sites.values())
     isolated = sum(n * (t[i, shapes[i].hidden] - t[i, 0]) for i, n in uses.items())
     if not (isolated > 0 and t["model"] > t["bare"]):
@@ -322,6 +345,8 @@ def profile(
     environment = {
         "cpu_flags": cpu_flags() if device.type == "cpu" else None,
         "rounds": rounds,
+        "spread": noise,  # of the end-to-end rounds (vbp.timing.spread); None for one round
+        "max_spread": max_spread,
         "in_model_scale": scale,
         "profile_s": time.perf_counter() - start,
         "platform": platform.platform(),

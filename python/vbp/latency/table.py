@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import VbpError
+from ..errors import VbpError, malformed
 from ..files import read_json, write_text_atomic
 
 FORMAT = "vbp-latency/1"
@@ -142,14 +142,14 @@ class LatencyTable:
                 float(doc["fixed_ms"]),
                 dict(doc.get("environment", {})),
             )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise VbpError(f"{path} is a malformed latency table ({exc!r}); measure it again with vbp profile") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise VbpError(f"{path} is a malformed latency table ({malformed(exc)}); measure it again with vbp profile") from exc
         table.validate(path)
         return table
 
     def validate(self, source: str | os.PathLike = "the latency table") -> None:
         """Raise VbpError unless every curve has ascending widths ending at its shape's full width, positive
-        times, and every site points at a shape."""
+        times, every site points at a shape, and the fixed cost lies in [0, full_ms)."""
         for shape, curve in zip(self.shapes, self.curves):
             w = curve.widths
             if not w or len(w) != len(curve.ms) or w != sorted(set(w)) or w[0] < 0 or w[-1] != shape.hidden:
@@ -158,3 +158,9 @@ class LatencyTable:
                 raise VbpError(f"{source}: shape {shape.in_features}->{shape.hidden} has negative times")
         if len(self.shapes) != len(self.curves) or any(not 0 <= i < len(self.shapes) for i in self.sites.values()):
             raise VbpError(f"{source}: its sites point at shapes it does not have")
+        if not (np.isfinite(self.fixed_ms) and np.isfinite(self.full_ms) and 0 <= self.fixed_ms < self.full_ms):
+            raise VbpError(
+                f"{source}: its fixed cost (the model without MLPs, {self.fixed_ms:g} ms) must be at least 0 and below "
+                f"the full model's {self.full_ms:g} ms, or it predicts impossible speed-ups; measure it again with "
+                "vbp profile"
+            )

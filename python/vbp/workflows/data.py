@@ -1,6 +1,7 @@
 """Data for calibration and evaluation: a folder of images, a text file of sentences, the embedded digits,
 or synthetic inputs."""
 
+import hashlib
 import os
 
 import torch
@@ -15,6 +16,8 @@ from .text import Sentences, Tokenize, read_sentences, tokenizer_of
 from .unreadable import skip_unreadable
 
 DIGITS_SHAPE = (1, 8, 8)  # one image of `digits_split`
+# a text file has no splits; these are its two halves, for a run that calibrates and evaluates on one file
+TEXT_HALVES = ("calibration_half", "held_out_half")
 
 
 def synthetic(model: nn.Module, num_inputs: int, seed: int = 0) -> TensorDataset:
@@ -45,8 +48,9 @@ def dataset(
     skip_bad: bool = False,
 ) -> Dataset:
     """The data set named by `spec`: "digits" (its `split`), "synthetic" (`num_images` random inputs), a .txt
-    file of sentences (tokenized by the model's tokenizer), or an image folder (read with training transforms
-    when `training`). See `check_data` for what fits which model."""
+    file of sentences (tokenized by the model's tokenizer; all of them, or with a `split` of TEXT_HALVES its first
+    or second half, see `text_half`), or an image folder (read with training transforms when `training`). See
+    `check_data` for what fits which model."""
     check_data(spec, model)
     if spec == "digits":
         return digits_split(split)
@@ -55,10 +59,43 @@ def dataset(
     if spec.endswith(".txt") or os.path.isfile(spec):
         if not spec.endswith(".txt"):
             raise VbpError(f"{spec} is a file but not a .txt file of sentences; give a .txt file or an image folder")
-        return Sentences(read_sentences(spec), tokenizer_of(model))
+        sentences = read_sentences(spec)
+        return Sentences(text_half(sentences, split, spec) if split in TEXT_HALVES else sentences, tokenizer_of(model))
     from .images import image_folder  # torchvision: imported when used
 
     return image_folder(spec, model, training, skip_bad)
+
+
+def text_half(sentences: list[str], split: str, spec: str) -> list[str]:
+    """The first half of `sentences` ("calibration_half") or the rest ("held_out_half"), so that a model pruned
+    now is not evaluated on the sentences it was calibrated on."""
+    if len(sentences) < 4:
+        raise VbpError(
+            f"{spec} holds {len(sentences)} sentences: a model pruned now is calibrated on the first half of them and "
+            "evaluated on the other; give at least 4 (or --stats of a calibration on other sentences)"
+        )
+    half = len(sentences) // 2
+    return sentences[:half] if split == TEXT_HALVES[0] else sentences[half:]
+
+
+def data_fingerprint(spec: str) -> str | None:
+    """32 hex digits that change when the data `spec` does: a file's bytes, or every file's relative path, size
+    and modification time in a folder; None for the embedded digits and synthetic inputs, which never change."""
+    if spec in ("digits", "synthetic") or not os.path.exists(spec):
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    if os.path.isfile(spec):
+        with open(spec, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    for folder, dirs, files in os.walk(spec):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            info = os.stat(path)
+            digest.update(f"{os.path.relpath(path, spec)}:{info.st_size}:{info.st_mtime_ns};".encode())
+    return digest.hexdigest()
 
 
 def check_data(spec: str, model: nn.Module) -> None:

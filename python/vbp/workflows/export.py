@@ -9,15 +9,16 @@
   `transformers.AutoModel.from_pretrained(DIR)` (or `SentenceTransformer(DIR)`) loads it. Unequal widths are
   refused, or zero-padded to the widest with `pad_to_uniform=True` (exact outputs, but the padding costs speed).
 
-Both write to a temporary name beside the target and rename it into place, so a failure leaves nothing half-written.
+Both write to a temporary name beside the target and rename it into place, so a failure leaves nothing half-written;
+the folder is `vbp.output_folder`'s: recorded as an export of its model, swapped in whole.
 """
 
 import contextlib
 import copy
 import io
+import logging
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..errors import VbpError
 from ..families import find_sites
 from ..files import atomic_path
 from ..models import example_input
+from ..output_folder import check_folder, model_id_of, staged_folder
 from ..sites import set_submodule
 
 OPSET = 18  # the dynamo exporter's own opset (others go through a version converter)
@@ -66,6 +68,17 @@ def eager_copy(model: nn.Module) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------------------------- ONNX
+
+
+@contextlib.contextmanager
+def _logging_off():
+    """No log records of any logger (torch's exporter and onnxscript log through `logging`) inside the block."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 class _TextOutputs(nn.Module):
@@ -176,6 +189,9 @@ def export_onnx(
         raise VbpError("ONNX export needs onnx, onnxscript and onnxruntime: pip install -r requirements.txt") from exc
     if check_batch == 2 or check_batch < 1:
         raise VbpError(f"check_batch must be a batch size other than the exported one (2), got {check_batch}")
+    latest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not 7 <= opset <= latest:
+        raise VbpError(f"the ONNX opset must be a whole number from 7 to {latest} (this onnx's newest), got {opset!r}")
     model = eager_copy(model).eval()
     param = next(model.parameters())
     if param.dtype != torch.float32 or param.device.type != "cpu":
@@ -195,7 +211,8 @@ def export_onnx(
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracing chatter
         try:
-            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+            # the exporter logs its version conversion (a failed one as a traceback): the outcome is checked below
+            with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), _logging_off():
                 torch.onnx.export(
                     wrapped, inputs, str(tmp), input_names=names, output_names=outputs, dynamic_shapes=shapes,
                     opset_version=opset, dynamo=True, external_data=False, verbose=False,
@@ -215,6 +232,12 @@ def export_onnx(
             message = " ".join(str(exc).split())[:400]
             raise VbpError(f"the exported ONNX file of {type(model).__name__} does not check or run: {message}") from exc
         recorded = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=opset)
+        if recorded != opset:  # the exporter writes its own opset and converts; where that fails it keeps its own
+            raise VbpError(
+                f"torch.onnx could not convert {type(model).__name__} to opset {opset} (an operator of it has no "
+                f"version that old) and would have written opset {recorded}; the file was not written: give an opset of "
+                f"{recorded} or later (--opset, opset=)"
+            )
         with torch.no_grad():
             want = wrapped(*fresh)
         error = max_relative_error(got, want)
@@ -261,7 +284,63 @@ def uniform_width(model: nn.Module, pad_to_uniform: bool = False) -> int:
             "config holds one intermediate_size: prune with --scope uniform (select(scope='uniform')), or export "
             "with --pad-to-uniform (zero-pads every site to the widest: exact outputs, but the padding costs speed)"
         )
-    return max(widths.values())
+    width, full = max(widths.values()), getattr(getattr(model, "config", None), "intermediate_size", None)
+    if len(set(widths.values())) > 1 and isinstance(full, int) and width >= full:
+        kept = sum(widths.values()) / (len(widths) * full)
+        raise VbpError(
+            f"--pad-to-uniform pads every MLP to the widest kept width, {width}, and that is the unpruned width: the "
+            f"export would be as large and slow as the unpruned model (its MLPs keep {kept:.0%} of their neurons, "
+            "zero-padded back to 100%); prune with --scope uniform to export a smaller model"
+        )
+    return width
+
+
+def padded_fraction(model: nn.Module, width: int) -> tuple[float, float] | None:
+    """(the exported MLPs' size at one `width`, the pruned MLPs' size), as fractions of the unpruned MLPs' (the
+    config's intermediate_size); None where the config holds none."""
+    full = getattr(getattr(model, "config", None), "intermediate_size", None)
+    widths = [s.width for s in find_sites(model)]
+    return (width / full, sum(widths) / (len(widths) * full)) if isinstance(full, int) and full > 0 else None
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
+                    "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_source(model: nn.Module, source: Path | None) -> None:
+    """Refuse a source folder whose files belong to another model: a config.json of another model type or
+    vocabulary size, or (for a text model) a tokenizer with ids past the embedding table or far fewer tokens
+    than it has rows. The export would ship another model's tokenizer beside this one's embeddings."""
+    if source is None or not source.is_dir():
+        return
+    import json
+
+    mine = model.config
+    try:
+        theirs = json.loads((source / "config.json").read_text())
+    except (OSError, ValueError):
+        theirs = None
+    if isinstance(theirs, dict):
+        differ = [f"{k} {theirs.get(k)!r}, not {getattr(mine, k, None)!r}" for k in ("model_type", "vocab_size")
+                  if k in theirs and theirs.get(k) != getattr(mine, k, None)]
+        if differ:
+            raise VbpError(
+                f"the source folder {source} holds another model ({'; '.join(differ)}): its tokenizer and processor "
+                "files do not fit this one; give the folder the model was pruned from (--source)"
+            )
+    if "input_ids" not in example_input(model) or not any((source / f).is_file() for f in _TOKENIZER_FILES):
+        return
+    from transformers import AutoTokenizer
+
+    from ..families.hf import check_tokenizer
+    from .text import check_tokenizer_complete
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise VbpError(f"cannot load the tokenizer of the source folder {source}: {' '.join(str(exc).split())[:300]}") from exc
+    check_tokenizer(model, tokenizer, source)
+    check_tokenizer_complete(model, tokenizer, source)
 
 
 @torch.no_grad()
@@ -350,8 +429,12 @@ def _copy_source_files(source: Path, out: Path) -> list[str]:
     return copied
 
 
-def check_hf_paths(out: Path, source: Path | None, overwrite: bool) -> None:
-    """Refuse an output folder that is, or lies inside, the source folder, or that already holds files."""
+HF_COMMAND = "export --hf"  # the owner an exported folder's manifest records (`vbp.output_folder`)
+
+
+def check_hf_paths(out: Path, source: Path | None, overwrite: bool, model_id: str | None = None) -> None:
+    """Refuse an output folder that is, or lies inside, the source folder, or that holds files another command (or
+    an export of another model: `model_id`, see `vbp.output_folder.model_id_of`) wrote, unless `overwrite`."""
     target = out.resolve()
     if source is not None:
         src = source.resolve()
@@ -360,35 +443,7 @@ def check_hf_paths(out: Path, source: Path | None, overwrite: bool) -> None:
                 f"the output folder {out} and the source model folder {source} overlap; writing there would change "
                 "the model it came from: choose a folder outside it"
             )
-    if out.exists() and not out.is_dir():
-        raise VbpError(f"{out} is a file; give a folder to write the model to")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise VbpError(f"{out} already holds files; choose a new folder (or overwrite it: --overwrite)")
-
-
-@contextlib.contextmanager
-def atomic_folder(out: Path):
-    """Yield a temporary folder beside `out`; on success it replaces `out`, on error it is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.vbp-{os.getpid()}.", suffix=".tmp", dir=out.parent))
-    old = None
-    try:
-        yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in (tmp, *tmp.rglob("*")):  # mkdtemp and some writers leave 0700 / 0600: the usual permissions
-            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-        if out.exists():
-            old = out.with_name(f".{out.name}.vbp-{os.getpid()}.old")
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            if out.exists():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.rename(out)  # the rename into place failed: put the old folder back
+    check_folder(out, HF_COMMAND, model_id, overwrite, option="--hf")
 
 
 def _hf_outputs(model: nn.Module, inputs: dict) -> list[torch.Tensor]:
@@ -418,7 +473,9 @@ def export_hf(
     source = Path(source) if source is not None else source_folder(model)
     if source is not None and not source.is_dir():
         raise VbpError(f"the source folder {source} does not exist")
-    check_hf_paths(out, source, overwrite)
+    model_id = model_id_of(model)
+    check_hf_paths(out, source, overwrite, model_id)
+    check_source(model, source)
     width = uniform_width(model, pad_to_uniform)
     padded = [s.name for s in find_sites(model) if s.width != width]
     work = pad_sites(copy.deepcopy(model), width) if padded else model
@@ -426,7 +483,7 @@ def export_hf(
     if hasattr(config, "architectures"):
         config.architectures = [type(work).__name__]
     example = _text_or_image(work)
-    with atomic_folder(out) as tmp:
+    with staged_folder(out, HF_COMMAND, model_id) as tmp:
         saved_config = work.config
         work.config = config
         try:

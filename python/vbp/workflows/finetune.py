@@ -57,6 +57,7 @@ class FinetuneConfig:
     kd_pooled: float = 1.0  # weight of the mean-pooled embedding's cosine loss (encoders)
     kd_layers: bool | None = None  # also match every block's output (HF models); None: for text models
     train_only: str = "all"  # or "mlp": tune only the pruned MLP sites' layers
+    data_fingerprint: str | None = None  # of the training data (`vbp.workflows.data.data_fingerprint`), for resume
 
     def differences(self, saved: dict) -> list[str]:
         """Names of the options that differ from a checkpoint's saved config (those that change the result)."""
@@ -137,6 +138,13 @@ def _target_of(student: nn.Module, teacher: nn.Module | None, inputs, device: to
             "pruned from"
         )
     return target
+
+
+def output_kind(student: nn.Module, train: Dataset) -> tuple[str, bool]:
+    """(what the student outputs, one of `vbp.workflows.distill.TARGETS`; whether `train` has labels), from one
+    forward pass of its first item: what decides which distillation options mean anything."""
+    inputs, labels = _split(collate_for(train)([train[0]]))
+    return _target_of(student, None, inputs, model_device(student)), labels is not None
 
 
 def _compared(output, target: str) -> torch.Tensor:
@@ -271,6 +279,12 @@ def _train(
             ) from exc
         saved = state.get("config", {})
         changed = config.differences(saved)
+        if "data_fingerprint" in changed and not accept_changes:
+            raise VbpError(
+                "--resume, and the training data differs from the data the checkpoint was trained on (a file of it "
+                "was changed, added or removed under the same name): resume with that data, start over (--overwrite), "
+                "or accept the change (--resume-anyway)"
+            )
         if "train_only" in changed:  # another set of trainable parameters: the optimizer state does not fit
             raise VbpError(
                 f"--resume with --train-only {config.train_only}, and the checkpoint was made with --train-only "

@@ -13,8 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import VbpError
+from ..families import gguf
 
 MAX_TOKENS = 128  # sentences are truncated to this many tokens
+MIN_TOKENIZER_FRACTION = 0.5  # a tokenizer with fewer tokens than this share of the embedding rows is not the model's
 
 
 def read_sentences(path: str | os.PathLike, limit: int | None = None) -> list[str]:
@@ -66,8 +68,10 @@ def text_loader(sentences: list[str] | Dataset, tokenizer, batch_size: int) -> D
 
 
 def tokenizer_of(model: nn.Module):
-    """The tokenizer saved beside a Hugging Face model (read from the folder or cache it was loaded from)."""
-    path = getattr(getattr(model, "config", None), "_name_or_path", "")
+    """The tokenizer saved beside a Hugging Face model (read from the folder or cache it was loaded from; a gguf:
+    model's from the cache folder of its file)."""
+    config = getattr(model, "config", None)
+    path = str(gguf.folder_of(model)) if gguf.owns(model) else getattr(config, "_name_or_path", "")
     if not path:
         raise VbpError("text data needs a Hugging Face model loaded from a folder (hf:DIR) that holds its tokenizer")
     from transformers import AutoTokenizer
@@ -79,6 +83,7 @@ def tokenizer_of(model: nn.Module):
     except (OSError, ValueError) as exc:
         raise VbpError(f"cannot load the tokenizer of {path}: {exc}") from exc
     check_tokenizer(model, tokenizer, path)
+    check_tokenizer_complete(model, tokenizer, path)
     if tokenizer.pad_token is None:  # GPT-2 and LLaMA tokenizers have none; padding is masked out anyway
         if tokenizer.eos_token is None:
             raise VbpError(f"the tokenizer of {path} has neither a padding nor an end-of-sequence token to pad with")
@@ -86,6 +91,23 @@ def tokenizer_of(model: nn.Module):
     if getattr(model.config, "pad_token_id", 0) is None:  # a sequence classifier finds each sentence's end by it
         model.config.pad_token_id = tokenizer.pad_token_id
     return tokenizer
+
+
+def check_tokenizer_complete(model: nn.Module, tokenizer, source) -> None:
+    """Refuse a tokenizer with far fewer tokens than the model's embedding table has rows: a folder without its
+    tokenizer files gets a stand-in from transformers (BERT's: 5 tokens, every word [UNK]), and a model
+    calibrated or evaluated through it sees nothing of the text. (A table a little larger than the tokenizer,
+    padded to a round size, is common and fine.)"""
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except (AttributeError, NotImplementedError):  # no token embedding table
+        return
+    if len(tokenizer) < rows * MIN_TOKENIZER_FRACTION:
+        raise VbpError(
+            f"the tokenizer of {source} has {len(tokenizer)} tokens for an embedding table of {rows} rows: its "
+            "tokenizer files are missing (transformers made a stand-in that reads every word as unknown) or are "
+            "another model's; save the model's own tokenizer beside it (tokenizer.save_pretrained(DIR))"
+        )
 
 
 @torch.inference_mode()
