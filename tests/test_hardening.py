@@ -76,7 +76,7 @@ BAD = [
     (["prune", "--ratio", "0.5", "--checkpoint", "{d}/notes.txt"], "cannot load checkpoint"),
     (["eval", "--pruned", "{d}/notes.txt"], "not a readable vbp pruned model"),
     (["prune", "--ratio", "0.5", "--stats", "MALFORMED_STATS"], "non-negative integer"),
-    (["eval", "--pruned", "MALFORMED_MODEL"], "malformed pruned-model metadata"),
+    (["eval", "--pruned", "MALFORMED_MODEL"], "the file is damaged"),
     # options
     (["eval", "--pruned", "{d}/pruned.safetensors", "--ratio", "0.5"], "give one of them"),
     (["prune", "--ratio", "0.5", "--device", "cuda:7"], "no such CUDA device"),

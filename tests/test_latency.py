@@ -4,6 +4,7 @@ Nothing here asserts on a measured time: selection tests use synthetic tables.""
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -218,7 +219,7 @@ def test_plan_records_its_target_and_round_trips(tmp_path):
 
 
 def test_a_tiny_real_profile_has_the_shapes_and_grid_of_the_model(tmp_path, deit_tiny_small):
-    table = profile(deit_tiny_small, batch=32, rounds=3, progress=False)
+    table = profile(deit_tiny_small, batch=32, rounds=3, progress=False, max_spread=math.inf)
     assert len(table.shapes) == 1 and set(table.sites) == set(vbp.find_sites(deit_tiny_small)[i].name for i in range(12))
     shape, curve = table.shapes[0], table.curves[0]
     assert (shape.in_features, shape.hidden, shape.tokens, shape.gated) == (192, 768, 32 * 5, False)
@@ -245,7 +246,7 @@ def test_gated_mlp_shapes(tmp_path):
     shapes, sites, _ = mlp_shapes(model, 3)
     assert len(shapes) == 1 and len(sites) == 2
     assert shapes[0].gated and not shapes[0].compact and shapes[0].tokens == 3 * 128
-    table = profile(model, batch=2, rounds=3, progress=False)
+    table = profile(model, batch=2, rounds=3, progress=False, max_spread=math.inf)
     widths = table.curves[0].widths
     assert widths[:2] == [0, 48] and widths[-2:] == [992, 1000] and set(width_grid(1000)) <= set(widths)
 
@@ -284,7 +285,8 @@ def test_cli_prune_to_a_target_speedup_reports_prediction_and_measurement(tmp_pa
 
 def test_cli_profile_writes_a_table_prune_reuses(tmp_path, capsys):
     out = tmp_path / "t.json"
-    args = ["--latency-batch", "2", "--rounds", "1", "--output", str(out), "--device", "cpu", "--runtime", "compact"]
+    args = ["--latency-batch", "2", "--rounds", "1", "--output", str(out), "--device", "cpu", "--runtime", "compact",
+            "--max-spread", "inf"]
     assert main(["profile", *args]) == 0
     table = LatencyTable.load(out)
     assert table.key["batch"] == 2 and table.key["runtime"] == "compact" and table.key["model"] == "vbp_digits_vit"

@@ -261,7 +261,8 @@ def test_eval_reports_the_perplexity_of_a_pruned_causal_lm(tiny_text_models, sen
         capsys, "eval", "--model", f"hf:{model.config._name_or_path}", "--data", val, "--ratio", "0.5",
         "--sequential",
     )
-    batches = text.text_loader(text.read_sentences(val), text.tokenizer_of(model), 64)
+    sentences = text.read_sentences(val)  # --ratio calibrates on the first half and evaluates on the other
+    batches = text.text_loader(sentences[len(sentences) // 2 :], text.tokenizer_of(model), 64)
     assert result["reference_perplexity"] == pytest.approx(text.perplexity(model, batches), rel=1e-6)
     assert {"cosine", "nn_agreement"} <= set(result)
     one_shot = cli_json(capsys, "eval", "--model", f"hf:{model.config._name_or_path}", "--data", val, "--ratio", "0.5")

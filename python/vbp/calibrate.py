@@ -93,7 +93,7 @@ def _first_run(model: nn.Module, inputs, device: torch.device) -> None:
     its patch embedding) is a VbpError that names the shapes, not a traceback from inside the model."""
     try:
         run_model(model, inputs, device)
-    except (VbpError, torch.OutOfMemoryError):
+    except (VbpError, torch.cuda.OutOfMemoryError):
         raise
     except (AssertionError, RuntimeError, ValueError, TypeError, IndexError) as exc:
         try:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .devices import check_device
-from .errors import VbpError
+from .errors import VbpError, malformed
 from .families import find_sites
 from .families.spec import model_spec
 from .file_sources import check_fits_in_memory, check_source
@@ -42,7 +42,7 @@ def _build(source: dict, spec: list | None, sites: dict[str, dict], device: torc
         if set(found) != set(sites):
             raise VbpError(
                 f"'{source['model']}' rebuilds with MLP sites {sorted(found)[:3]}..., not the saved "
-                f"{sorted(sites)[:3]}...; the file does not fit this version of its model's library"
+                f"{sorted(sites)[:3]}...: the file is damaged, or was written for another version of its model's library"
             )
         for name, site in sites.items():
             found[name].set_width(site["width"], consumer_bias=site.get("consumer_bias"))
@@ -96,7 +96,7 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", mod
     except VbpError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise VbpError(f"{path} has incomplete or malformed pruned-model metadata ({exc!r}); save it again") from exc
+        raise VbpError(f"{path} has incomplete or malformed pruned-model metadata ({malformed(exc)}); save it again") from exc
     dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(dtypes) == 1:  # a model saved in float64 (or bf16) loads as it was saved
         built.to(dtypes.pop())

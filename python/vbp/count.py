@@ -6,6 +6,8 @@ free. Counted by PyTorch's FlopCounterMode, which sees the matmuls inside fused 
 vbp's own compact_mlp op (two GEMMs) of `vbp.compact`ed models.
 """
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -59,6 +61,16 @@ def _extras() -> dict:
     if hasattr(torch.ops.vbp, "compact_mlp"):  # the native extension is built
         extras[torch.ops.vbp.compact_mlp] = _compact_mlp_flop
     return extras
+
+
+@torch.inference_mode()
+def macs_of(call: Callable[[], object]) -> int:
+    """MACs of one call of `call` (no arguments; e.g. a language model's prefill), by the conventions of `count`."""
+    from torch.utils import flop_counter  # imports triton: imported when used
+
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=_extras()) as counter:
+        call()
+    return counter.get_total_flops() // 2
 
 
 @torch.inference_mode()

@@ -14,7 +14,8 @@ from ..select import check_ratio, check_selection_options
 from ..timing import latencies
 from ..workflows.data import TEXT_HALVES, is_text_model, text_half
 from ..workflows.evaluate import accuracy, latency_images, retention
-from ..workflows.text import read_sentences, text_fidelity, text_loader, tokenizer_of
+from ..workflows.generation import generation_fidelity, tokens_per_s
+from ..workflows.text import is_causal_lm, read_sentences, text_fidelity, text_loader, tokenizer_of
 from .arguments import (
     add_data_args,
     add_model_args,
@@ -62,6 +63,12 @@ def add_arguments(p) -> None:
         type=int,
         metavar="N",
         help="also time a batch of N evaluation images (median), against the unpruned model when pruned",
+    )
+    p.add_argument(
+        "--tokens-per-s",
+        action="store_true",
+        help="causal LMs: also time prefill (a 128-token prompt) and decode (64 new tokens, batch 1, KV cache) in "
+        "tokens/s against the unpruned model, beside the ideal speed-ups (MAC and weight-bytes ratios)",
     )
     add_selection_args(p)
     add_sequential_arg(p)
@@ -139,10 +146,12 @@ def _models(args):
         model = load_pruned(args.pruned, args.device, model=args.model)
         check_model_of_pruned(args.model, model, args.pruned)
         _check_evaluable(args.data, model)
+        _check_causal_options(args, model)
         reference = reference_of(model, args.pretrained, args.checkpoint, args.num_classes, args.device)
     else:
         reference = model_of(args)
         _check_evaluable(args.data, reference)
+        _check_causal_options(args, reference)
         model = None
         if args.ratio is not None:
             if is_text_model(reference) and not args.stats:
@@ -160,6 +169,16 @@ def _check_evaluable(data: str, model) -> None:
         raise VbpError(f"synthetic data has no labels or sentences to evaluate against; give {takes}")
 
 
+def _check_causal_options(args, model) -> None:
+    """--tokens-per-s times a causal LM's prefill and decode: refused for any other model, before any work."""
+    if args.tokens_per_s and not (is_text_model(model) and is_causal_lm(model)):
+        name = args.pruned or args.model
+        raise VbpError(
+            f"--tokens-per-s times the prefill and decode of a causal LM, and {name} is not one: leave it out "
+            "(--latency-batch N times a batch of its inputs)"
+        )
+
+
 def _hold_out_half(args) -> None:
     """eval --ratio on a text file calibrates on its first half and evaluates on the other half, never on the
     sentences it was calibrated on (a text file has no splits); says so."""
@@ -175,8 +194,9 @@ def _hold_out_half(args) -> None:
 
 def _measure_text(args, reference, model) -> dict:
     """A pruned text model against the unpruned one on the sentences of --data: how close their mean-pooled
-    embeddings stay (cosine, nearest-neighbour agreement), the perplexity of both for causal LMs, and, with
-    --latency-batch N, sentences per second."""
+    embeddings stay (cosine, nearest-neighbour agreement), with --latency-batch N sentences per second; for
+    causal LMs also the perplexity of both, the fidelity of greedy generation on the shipped prompt set
+    (`workflows.generation`), and with --tokens-per-s prefill and decode tokens/s beside their ideal speed-ups."""
     if model is None:
         raise VbpError(
             f"{args.model} is a text model: it has no accuracy to measure alone; give --pruned FILE or --ratio R to "
@@ -191,6 +211,11 @@ def _measure_text(args, reference, model) -> dict:
         batches(args.data, reference, split, args.batch_size, args.num_batches, args.skip_bad_images), args.num_batches
     )
     result = text_fidelity(reference, model, sentences)
+    if is_causal_lm(reference):
+        tokenizer = tokenizer_of(reference)
+        result.update(generation_fidelity(reference, model, tokenizer))
+        if args.tokens_per_s:
+            result.update(tokens_per_s(reference, model, tokenizer))
     if args.latency_batch:
         batch = text_loader(read_sentences(args.data)[: args.latency_batch], tokenizer_of(reference), args.latency_batch)
         inputs = {k: v.to(args.device) for k, v in next(iter(batch)).items()}

@@ -60,8 +60,10 @@ class FinetuneConfig:
     data_fingerprint: str | None = None  # of the training data (`vbp.workflows.data.data_fingerprint`), for resume
 
     def differences(self, saved: dict) -> list[str]:
-        """Names of the options that differ from a checkpoint's saved config (those that change the result)."""
-        return [k for k, v in asdict(self).items() if k in saved and saved[k] != v]
+        """Names of the options that differ from a checkpoint's saved config (those that change the result); a data
+        fingerprint only where both record one."""
+        unknown = lambda k, v: k == "data_fingerprint" and None in (v, saved[k])  # noqa: E731
+        return [k for k, v in asdict(self).items() if k in saved and saved[k] != v and not unknown(k, v)]
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
