@@ -20,6 +20,7 @@ from .models import example_input, model_device, model_name
 from .recorder import SiteRecorder, attach, resolve_backend
 from .reservoir import Reservoir
 from .stats import Moments, Stats
+from .streams import StreamRecorder, stream_block
 
 
 def _start_state(
@@ -65,6 +66,18 @@ def _start_state(
             f"asks for {sorted(covariance) or 'none'}; resume with the same covariance option"
         )
     return saved.to(device)
+
+
+def _stream_recorders(model: nn.Module, sites, blocks: list[str | None], saved: dict[str, Moments], device) -> dict:
+    """block name -> StreamRecorder of the residual stream its sites write into (from `saved` when resuming, where
+    the checkpoint has them); none unless every site has a block (`vbp.streams`)."""
+    if None in blocks:
+        return {}
+    recorders = {}
+    for site, block in zip(sites, blocks):
+        width = site.consumer_layer.weight.shape[0]
+        recorders.setdefault(block, StreamRecorder(saved.get(site.name, Moments.zeros(1, device)), width))
+    return recorders
 
 
 def _covariance_sites(covariance, sites) -> list[str]:
@@ -198,9 +211,13 @@ def calibrate(
             covariances={r.site.name: r.covariance for r in recorders if r.covariance is not None},
             run=run,
             weights=weights,
+            streams={s.name: streams[b].moments for s, b in zip(sites, blocks) if b in streams and streams[b].moments.count},
         )
 
+    blocks = [stream_block(model, s) for s in sites]
+    streams = {} if resume and not start.streams else _stream_recorders(model, sites, blocks, start.streams, device)
     handles = [attach(r, backend) for r in recorders]
+    handles += [model.get_submodule(block).register_forward_pre_hook(r.hook, with_kwargs=True) for block, r in streams.items()]
     was_training = model.training
     model.eval()
     seen_batches, seen_samples = done_batches, done_samples
@@ -218,6 +235,8 @@ def calibrate(
             mask = padding_mask(inputs, device)
             for r in recorders:
                 r.batch, r.mask = seen_batches, mask
+            for r in streams.values():
+                r.mask = mask
             skipped = sum(r.skipped for r in recorders)
             if seen_batches == done_batches:  # the first batch: inputs the model does not take end in one line
                 _first_run(model, inputs, device)

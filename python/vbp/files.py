@@ -8,6 +8,7 @@ JSON document under the key "vbp" (with a "format" tag); nothing is ever unpickl
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -117,14 +118,21 @@ def read_json(path: str | os.PathLike, expected_format: str, what: str, how_to_m
     """The JSON document of a vbp file (a plan, a latency table); clear errors for a missing, unreadable or
     foreign file. what: the kind of file, for messages; how_to_make: the command that makes one."""
     fix = f"; {how_to_make}" if how_to_make else ""
+    if not os.path.lexists(path):
+        raise VbpError(f"{what} {path} does not exist{fix}")
+    check_input_file(path, what)
     try:
         with open(path) as f:
             doc = json.load(f)
-    except FileNotFoundError as exc:
-        raise VbpError(f"{what} {path} does not exist{fix}") from exc
     except (OSError, ValueError) as exc:
+        kind = file_kind(path)
+        if kind:
+            raise VbpError(f"{path} is {kind}, not a vbp {what}{fix}") from exc
         raise VbpError(f"{path} is not a readable {what} ({exc})") from exc
     if not isinstance(doc, dict) or doc.get("format") != expected_format:
+        kind = file_kind(path)
+        if kind and kind != "a JSON file":
+            raise VbpError(f"{path} is {kind}, not a vbp {what}{fix}")
         raise VbpError(f"{path} is not a vbp {what} (expected format '{expected_format}'){fix}")
     return doc
 
@@ -136,13 +144,16 @@ def read_safetensors(
 
     expected_format: the format tag, or the tags of every version that can be read."""
     formats = (expected_format,) if isinstance(expected_format, str) else expected_format
-    if not os.path.isfile(path):
-        raise VbpError(f"{what} file {path} does not exist")
+    check_input_file(path, f"{what} file")
     try:
         with safe_open(path, framework="pt") as f:
             meta = json.loads(f.metadata()["vbp"])
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
+        kind = file_kind(path)
+        if kind:
+            noun, give = _EXPECTED.get(what, (f"a vbp {what} file", f"a vbp {what} file"))
+            raise VbpError(f"{path} is {kind}, not {noun}: give {give}") from exc
         raise VbpError(
             f"{path} is not a readable vbp {what} file ({exc}); it may be truncated or of another kind"
         ) from exc
@@ -154,3 +165,81 @@ def read_safetensors(
         raise VbpError(f"{path} has malformed metadata (tied tensors that name no tensor of the file); save it again")
     tensors.update({alias: tensors[target] for alias, target in tied.items()})
     return tensors, meta
+
+
+# What each vbp file is, by its format tag, and the file an output folder holds it in: for messages about a file
+# given where another kind was expected, or a folder given where a file was.
+_KINDS = {
+    "vbp-stats/": "vbp statistics",
+    "vbp-model/": "a vbp pruned model",
+    "vbp-plan/": "a vbp pruning plan",
+    "vbp-latency/": "a vbp latency table",
+    "vbp-output/": "an output folder's manifest",
+}
+_EXPECTED = {"statistics": ("vbp statistics", "the file of vbp calibrate --stats FILE"),
+             "pruned model": ("a vbp pruned model", "DIR/model.safetensors of vbp prune --output DIR")}
+_FILE_IN_FOLDER = {"statistics file": "stats.safetensors", "pruned model file": "model.safetensors",
+                   "plan file": "plan.json"}
+
+
+def check_input_file(path: str | os.PathLike, what: str) -> Path:
+    """`path` as a Path if it is a file this process can read; else a VbpError that says what it is instead: missing,
+    a folder (naming the file vbp writes in such a folder, when it holds one), a symbolic link loop, unreadable.
+    what: the kind of file, for messages ("statistics file")."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError as exc:
+        raise VbpError(f"{what} {path} does not exist") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VbpError(f"{what} {path} is a symbolic link that leads back to itself: give the file itself") from exc
+        raise VbpError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if path.is_dir():
+        inside = _FILE_IN_FOLDER.get(what)
+        hint = f"give the file in it, {path / inside}" if inside and (path / inside).is_file() else "give a file"
+        raise VbpError(f"{what} {path} is a folder, not a file: {hint}")
+    if not os.access(path, os.R_OK):
+        raise VbpError(f"cannot read {what} {path}: permission denied")
+    return path
+
+
+def file_kind(path: str | os.PathLike) -> str:
+    """What a file holds, in words ("a vbp pruning plan", "an empty file", "a JSON file", "an ONNX model"), when it can
+    be told cheaply; "" when not."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return ""
+    if size == 0:
+        return "an empty file"
+    if head.lstrip()[:1] in (b"{", b"[") and size < 2**26:
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            doc = None  # not JSON after all (a safetensors header's length can start with "{")
+        else:
+            return _kind_of(doc.get("format") if isinstance(doc, dict) else None) or "a JSON file"
+    if head.startswith(b"GGUF"):
+        return "a GGUF model file"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive (a torch.save checkpoint, perhaps)"
+    if path.suffix.lower() == ".onnx":
+        return "an ONNX model"
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vbp", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        return ""
+    tag = meta.get("format") if isinstance(meta, dict) else None
+    return _kind_of(tag) or "a safetensors file (not vbp's)"
+
+
+def _kind_of(tag) -> str:
+    """The words for a vbp format tag ("vbp-plan/1" -> "a vbp pruning plan"); "" for anything else."""
+    if not isinstance(tag, str):
+        return ""
+    return next((f"{words} ('{tag}')" for prefix, words in _KINDS.items() if tag.startswith(prefix)), "")

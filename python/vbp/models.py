@@ -11,6 +11,7 @@ from torch import nn
 
 from .errors import VbpError
 from .families import family_for_id, family_of
+from .files import check_input_file
 
 
 def create_model(
@@ -20,8 +21,8 @@ def create_model(
 
     Raises VbpError for an unknown name or a missing or unreadable checkpoint.
     """
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        raise VbpError(f"checkpoint {checkpoint} does not exist")
+    if checkpoint is not None:
+        check_input_file(checkpoint, "checkpoint")  # missing, a folder, unreadable: said before the model is built
     family, short = family_for_id(name)
     model = family.create(short, pretrained=pretrained, **kwargs)
     if checkpoint is not None:

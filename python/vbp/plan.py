@@ -19,6 +19,13 @@ def _index(value) -> int:
     return value
 
 
+def _ratio(value) -> float:
+    """A plan's ratio from JSON: a number in [0, 1) (not NaN, 1e300 or "0.5")."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"its ratio must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
 def _criterion(value) -> str | dict:
     """A criterion from JSON: its name (older plans) or its versioned dict."""
     if not isinstance(value, (str, dict)):
@@ -87,7 +94,7 @@ class Plan:
         try:
             plan = cls(
                 str(doc["model"]),
-                float(doc["ratio"]),
+                _ratio(doc["ratio"]),
                 str(doc["scope"]),
                 {str(k): int(v) for k, v in doc["widths"].items()},
                 {str(k): [_index(i) for i in v] for k, v in doc["keep"].items()},

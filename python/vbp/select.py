@@ -12,11 +12,12 @@ from .criteria import Criterion, neuron_scores
 from .errors import VbpError
 from .plan import Plan
 from .stats import Stats
+from .streams import typical_energy
 
 if TYPE_CHECKING:
     from .latency import LatencyTable
 
-SCOPES = ("global", "layer", "uniform")
+SCOPES = ("global", "layer", "uniform", "residual")
 ROUNDING_SLACK = 0.05  # a plan that removes more than 5 points more or less than the ratio asked is warned of
 
 
@@ -72,6 +73,10 @@ def select(
     (its highest-variance ones). scope="uniform" gives every site the same kept width (each site its own
     best neurons by `criterion`; sites narrower than that width stay whole), the one that meets `ratio` most
     closely: the layout a single config value (`intermediate_size`) can describe, for `vbp.workflows.export`.
+    scope="residual" ranks all neurons together by what removing each costs relative to the residual stream its
+    MLP writes into (score / exp E[log ||x||^2], `vbp.streams`): the criterion must score in the consumer's output
+    units ("weighted_variance", "redundancy"); raw scores of deep LLMs span orders of magnitude across layers
+    (docs/llm.md: the global plan keeps 113 of 1536 neurons in one SmolLM2 layer).
     round_to=N then rounds each kept width to the nearest multiple of N
     (at least N, at most the full width), which moves the total slightly off `ratio`.
 
@@ -100,7 +105,11 @@ def select(
     widths = stats.widths
     check_selection_options(widths, min_keep, round_to)
     criterion = Criterion.resolve(criterion)
+    if scope == "residual":
+        _check_residual(criterion, stats)
     scores = neuron_scores(criterion, stats, model, seed)
+    if scope == "residual":
+        scores = {name: v / typical_energy(stats.streams[name]) for name, v in scores.items()}
     if targeted:
         from .latency.knapsack import keep_for_target
 
@@ -114,7 +123,7 @@ def select(
         n_pruned = {name: min(round(ratio * w), w - min_keep) for name, w in widths.items()}
     elif scope == "uniform":
         n_pruned = {}
-    else:
+    else:  # global and residual
         n_pruned = _global_prune_counts(scores, ratio, min_keep)
 
     keep = {}
@@ -145,6 +154,21 @@ def select(
             stacklevel=2,
         )
     return plan
+
+
+def _check_residual(criterion: Criterion, stats: Stats) -> None:
+    if not criterion.output_units:
+        raise VbpError(
+            f"scope 'residual' compares what removing a neuron costs in its MLP's output, and criterion "
+            f"'{criterion.name}' does not score in those units: use weighted_variance or redundancy, or another scope"
+        )
+    missing = [name for name in stats.sites if name not in stats.streams]
+    if missing:
+        raise VbpError(
+            f"scope 'residual' needs the size of the residual stream site '{missing[0]}' writes into, which these "
+            "statistics lack (gathered by an older vbp, or the model has no repeated blocks): calibrate again, or use "
+            "scope 'layer' or 'uniform'"
+        )
 
 
 def _global_prune_counts(scores: dict[str, torch.Tensor], ratio: float, min_keep: int) -> dict[str, int]:

@@ -73,7 +73,8 @@ class Stats:
     covariances: site name -> CoMoments, for the sites calibrated with `covariance=` (affine compensation
     and the redundancy criterion need them). run: the options of the calibration (model, data, batch size,
     ...), as `calibrate(run=...)` was given them. weights: the fingerprint of the weights they were gathered
-    on (`vbp.fingerprint`; "" in files written before it was recorded).
+    on (`vbp.fingerprint`; "" in files written before it was recorded). streams: site name -> Moments [1] of
+    log ||x||^2 of the residual stream the site writes into (`vbp.streams`), where the model has one.
     """
 
     model: str
@@ -85,6 +86,7 @@ class Stats:
     covariances: dict[str, CoMoments] = field(default_factory=dict)
     run: dict = field(default_factory=dict)  # the options a calibration ran with (checked when resuming)
     weights: str = ""
+    streams: dict[str, Moments] = field(default_factory=dict)
 
     @property
     def widths(self) -> dict[str, int]:
@@ -125,6 +127,7 @@ class Stats:
             inputs=self.inputs + other.inputs,
             skipped=skipped,
             covariances={n: c.merge(other.covariances[n]) for n, c in self.covariances.items()},
+            streams={n: m.merge(other.streams[n]) for n, m in self.streams.items() if n in other.streams},
         )
 
     def check_matches(self, model: str, widths: dict[str, int], what: str = "the model") -> None:
@@ -154,6 +157,7 @@ class Stats:
             self,
             sites={n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.sites.items()},
             covariances={n: c.to(device) for n, c in self.covariances.items()},
+            streams={n: Moments(m.count, m.mean.to(device), m.m2.to(device)) for n, m in self.streams.items()},
         )
 
     def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict]:
@@ -165,6 +169,9 @@ class Stats:
         for name, c in self.covariances.items():
             tensors[f"{name}/cov_mean"] = c.mean
             tensors[f"{name}/comoment"] = c.comoment
+        for name, m in self.streams.items():
+            tensors[f"{name}/stream_mean"] = m.mean
+            tensors[f"{name}/stream_m2"] = m.m2
         for name, sample in (self.samples or {}).items():
             tensors[f"{name}/sample_pre"] = sample["pre"]
             tensors[f"{name}/sample_post"] = sample["post"]
@@ -175,6 +182,7 @@ class Stats:
             "widths": self.widths,
             "counts": {n: m.count for n, m in self.sites.items()},
             "covariance_counts": {n: c.count for n, c in self.covariances.items()},
+            "stream_counts": {n: m.count for n, m in self.streams.items()},
             "batches": self.batches,
             "inputs": self.inputs,
             "skipped": self.skipped,
@@ -198,6 +206,10 @@ class Stats:
                 name: CoMoments(_count(n), tensors[f"{name}/cov_mean"], tensors[f"{name}/comoment"])
                 for name, n in meta.get("covariance_counts", {}).items()
             }
+            streams = {
+                name: Moments(_count(n), tensors[f"{name}/stream_mean"], tensors[f"{name}/stream_m2"])
+                for name, n in meta.get("stream_counts", {}).items()
+            }
             samples = {
                 name: {"pre": tensors[f"{name}/sample_pre"], "post": tensors[f"{name}/sample_post"]}
                 for name in meta["sites"]
@@ -213,6 +225,7 @@ class Stats:
                 covariances,
                 dict(meta.get("run", {})),
                 str(meta.get("weights", "")),
+                streams,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VbpError(f"{source} are incomplete or malformed ({malformed(exc)}); calibrate again") from exc
@@ -225,11 +238,21 @@ class Stats:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Stats":
         tensors, meta = read_safetensors(path, (FORMAT, FORMAT_V1), "statistics")
-        return cls.from_tensors(tensors, meta, source=f"the statistics in {path}")
+        stats = cls.from_tensors(tensors, meta, source=f"the statistics in {path}")
+        for name, m in stats.sites.items():  # what no calibration gives: a damaged or hand-made file
+            if not bool(m.is_finite()) or bool((m.m2 < 0).any()):
+                raise VbpError(
+                    f"the statistics in {path} hold NaN, infinite or negative values (a mean or a sum of squares) at "
+                    f"site '{name}', which no calibration gives: the file is damaged; calibrate again"
+                )
+        return stats
 
 
 def _count(value) -> int:
-    """A non-negative integer count from metadata (JSON may give 3, 3.0 or "3"; never -1 or 2.5)."""
-    if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
-        raise ValueError(f"a count must be a non-negative integer, got {value!r}")
+    """A non-negative integer count from metadata (JSON may give 3, 3.0 or "3"; never -1, 2.5, Infinity or 10**400)."""
+    try:
+        if isinstance(value, bool) or float(value) != int(float(value)) or int(float(value)) < 0:
+            raise ValueError
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"a count must be a non-negative integer, got {str(value)[:40]}") from exc
     return int(float(value))

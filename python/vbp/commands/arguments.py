@@ -80,19 +80,20 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scope",
         choices=SCOPES,
-        default="global",
-        help="rank neurons across all layers, per layer, or keep one width at every site (uniform: the layout "
-        "`vbp export --hf` writes as a standard folder)",
+        help="rank neurons across all layers, per layer, keep one width at every site (uniform: the layout "
+        "`vbp export --hf` writes as a standard folder), or across all layers relative to the residual stream each "
+        "MLP writes into (residual). Default: global, and residual for gated MLPs (LLaMA, Qwen, ...: docs/llm.md)",
     )
     p.add_argument(
-        "--criterion", choices=CRITERIA.names(), default="variance", help="neuron score (VBP's is variance)"
+        "--criterion",
+        choices=CRITERIA.names(),
+        help="neuron score (VBP's, the default, is variance; weighted_variance for gated MLPs)",
     )
     p.add_argument(
         "--compensation",
         choices=COMPENSATIONS.names(),
-        default="mean",
-        help="what replaces pruned hidden values: their mean (VBP), their least-squares prediction from the kept "
-        "ones (affine; calibrates with covariance), or nothing",
+        help="what replaces pruned hidden values: their mean (VBP, the default), their least-squares prediction from "
+        "the kept ones (affine, the default for gated MLPs; calibrates with covariance), or nothing",
     )
     p.add_argument("--no-compensation", action="store_true", help="the same as --compensation none")
     p.add_argument(

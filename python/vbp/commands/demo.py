@@ -1,6 +1,8 @@
-"""vbp demo: the main job on the embedded defaults (the digits ViT, then all-MiniLM-L6-v2 on text)."""
+"""vbp demo: the main job on the embedded defaults (the digits ViT, then all-MiniLM-L6-v2 on text); --llm: SmolLM2."""
 
 from pathlib import Path
+
+from ..errors import VbpError
 
 NAME = "demo"
 HELP = "prune the embedded digits ViT and a real text encoder; report accuracy, MACs, latency and similarity"
@@ -11,6 +13,12 @@ def add_arguments(p) -> None:
     p.add_argument("--output", default="out/demo", help="folder for the pruned model and the text table")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-text", action="store_true", help="skip the second part (all-MiniLM-L6-v2 on text)")
+    p.add_argument(
+        "--llm",
+        action="store_true",
+        help="only the LLM part: SmolLM2-135M-Instruct pruned at 20/30/50%%, perplexity and greedy generations "
+        "(docs/llm.md; a few minutes on 2 cores)",
+    )
 
 
 def run(args) -> None:
@@ -21,6 +29,13 @@ def run(args) -> None:
 
     check_device(args.device)
     check_outputs_spare_inputs(NAME, args)
+    if args.llm:
+        from ..workflows.llm_demo import run_llm_demo
+
+        if args.no_text or args.ratio != 0.5:
+            raise VbpError("--llm runs the LLM part alone, at its own rates: leave out --no-text and --ratio")
+        run_llm_demo(output=Path(args.output))
+        return
     run_demo(ratio=args.ratio, output=Path(args.output), device=args.device)
     if not args.no_text:
         run_text_demo(output=Path(args.output))

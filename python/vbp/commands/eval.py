@@ -26,6 +26,7 @@ from .arguments import (
 )
 from .options import (
     batches,
+    builder_named,
     check_model_of_pruned,
     check_stats_args,
     compensation_of,
@@ -33,6 +34,7 @@ from .options import (
     model_of,
     pruned_model,
     reference_of,
+    settle_method,
     stats_for,
 )
 from .paths import check_output_kinds, check_outputs_spare_inputs
@@ -129,8 +131,8 @@ def _measure(args) -> dict:
 
 def _check_no_pruning_options(args) -> None:
     """With --pruned, refuse the options that only shape a model pruned now (--ratio): they would be ignored."""
-    defaults = {"stats": None, "sites": None, "input_size": None, "scope": "global", "criterion": "variance",
-                "compensation": "mean", "no_compensation": False, "ridge": None, "min_keep": 1, "round_to": 1,
+    defaults = {"stats": None, "sites": None, "input_size": None, "scope": None, "criterion": None,
+                "compensation": None, "no_compensation": False, "ridge": None, "min_keep": 1, "round_to": 1,
                 "sequential": False}
     given = ["--" + k.replace("_", "-") for k, v in defaults.items() if getattr(args, k, v) != v]
     if given:
@@ -143,7 +145,7 @@ def _check_no_pruning_options(args) -> None:
 def _models(args):
     """(the unpruned model, the pruned one or None): from --pruned, or --model pruned now by --ratio."""
     if args.pruned:
-        model = load_pruned(args.pruned, args.device, model=args.model)
+        model = load_pruned(args.pruned, args.device, model=builder_named(args.model))
         check_model_of_pruned(args.model, model, args.pruned)
         _check_evaluable(args.data, model)
         _check_causal_options(args, model)
@@ -158,6 +160,7 @@ def _models(args):
                 _hold_out_half(args)
             check_ratio(args.ratio)
             check_selection_options(site_widths(reference), args.min_keep, args.round_to)
+            settle_method(args, reference)
             model = pruned_model(args, reference, stats_for(args, reference))[1]
     return reference, model
 

@@ -11,8 +11,17 @@ from ..output_folder import check_folder, claim_folder, folder_files, model_id_o
 from ..workflows.data import data_fingerprint, dataset, is_text_model
 from ..workflows.distill import HIDDEN_LOSSES
 from ..workflows.finetune import CHECKPOINT, TRAIN_ONLY, FinetuneConfig, finetune, output_kind
+from ..workflows.text import is_causal_lm
 from .arguments import add_data_args, add_model_args, add_resume_args
-from .options import check_model_of_pruned, check_resume_args, load_model, reference_of, val_dataset, weights_of
+from .options import (
+    builder_named,
+    check_model_of_pruned,
+    check_resume_args,
+    load_model,
+    reference_of,
+    val_dataset,
+    weights_of,
+)
 from .paths import FINETUNE_FILES, check_outputs_spare_inputs
 from .session import distributed_session
 
@@ -38,7 +47,28 @@ def add_arguments(p) -> None:
         help="start over in an --output folder that already holds a fine-tuning run, or replace one another "
         "command (or program) wrote (the folder is replaced whole)",
     )
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--epochs",
+        type=int,
+        help="passes over the training data (default 10; with --time-budget: as many as fit, at most this many)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="stop within this many minutes (teacher text, timing, training, validation, checkpoints): the steps and "
+        "the learning-rate schedule are fitted to it after timing a few steps, and model.safetensors keeps the best "
+        "validated weights; --resume gives a run what is left of its budget",
+    )
+    p.add_argument(
+        "--teacher-text",
+        type=int,
+        metavar="N",
+        help="causal LMs: mix N texts the unpruned model writes itself from varied prompts (64 tokens each, seeded "
+        "by --seed, cached in --output) into --data, and validate on a few more from held-out prompts; default: "
+        "about as many as --data's sentences (48 to 240, fewer under a tight --time-budget), since distilling on "
+        "one kind of text alone narrows the model to it; 0: --data alone",
+    )
     p.add_argument("--lr", type=float, help="peak learning rate (default: 5e-4 on images, 3e-4 on text)")
     p.set_defaults(batch_size=None)  # by the data, in defaults_by_data
     p.add_argument("--seed", type=int, default=0)
@@ -91,9 +121,11 @@ def run(args) -> None:
         raise VbpError("--teacher names a model to distil from and --no-kd turns distillation off: give one of them")
     check_resume_args(args)
     given_kd = _kd_options(args)
+    _check_teacher_text_args(args)
     defaults_by_data(args)
+    budget = args.time_budget * 60 if args.time_budget is not None else None
     config = FinetuneConfig(
-        epochs=args.epochs,
+        epochs=args.epochs if args.epochs is not None else None if budget is not None else 10,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -105,6 +137,8 @@ def run(args) -> None:
         kd_layers=args.kd_layers,
         train_only=args.train_only,
         data_fingerprint=data_fingerprint(args.data),
+        time_budget_s=budget,
+        teacher_text=args.teacher_text,
     )
     config.validate()
     output = Path(args.output)
@@ -114,7 +148,7 @@ def run(args) -> None:
     check_writable(output / "model.safetensors")
     _check_no_run_overwritten(output, args.resume, args.overwrite)
     with distributed_session(args.device) as (device, rank, _):
-        student = load_pruned(args.pruned, device, model=args.model)
+        student = load_pruned(args.pruned, device, model=builder_named(args.model))
         check_model_of_pruned(args.model, student, args.pruned)
         model_id = model_id_of(student)
         if rank == 0 and not _run_before_manifests(output):
@@ -123,6 +157,11 @@ def run(args) -> None:
             raise VbpError(
                 f"{args.pruned} is a text model and a text file has no labels: it is fine-tuned by distillation "
                 "from its unpruned model; leave out --no-kd"
+            )
+        if args.teacher_text is not None and not is_causal_lm(student):
+            raise VbpError(
+                f"--teacher-text means nothing for {model_id}: only a causal LM writes the text it would mix in; "
+                "leave it out"
             )
         teacher = None
         if not args.no_kd and args.teacher:
@@ -148,8 +187,22 @@ def run(args) -> None:
         )
     if rank == 0:
         save_pruned(student, output / "model.safetensors")
-        print(json.dumps(history[-1]))
-        print(f"wrote the fine-tuned model to {output / 'model.safetensors'} and the log to {output}/log.csv")
+        kept = next((row for row in history if row.get("kept")), history[-1])  # a budget's best validated
+        print(json.dumps(kept))
+        which = f" (the weights of step {kept['step']}, the best validated)" if kept is not history[-1] else ""
+        print(f"wrote the fine-tuned model{which} to {output / 'model.safetensors'} and the log to {output}/log.csv")
+
+
+def _check_teacher_text_args(args) -> None:
+    """Refuse --teacher-text where no teacher writes text: without distillation, or on image data."""
+    if args.teacher_text is None:
+        return
+    if args.no_kd:
+        raise VbpError("--teacher-text is written by the unpruned model, and --no-kd turns distillation from it off: "
+                       "give one of them")
+    if not args.data.endswith(".txt"):
+        raise VbpError(f"--teacher-text means nothing for --data {args.data}: it mixes text a causal LM writes into "
+                       "a text file's sentences; leave it out")
 
 
 def _flags(names: list[str]) -> str:

@@ -44,13 +44,45 @@ def compensation_of(args) -> Compensation:
     other are refused."""
     if args.no_compensation and args.compensation not in (None, "mean"):
         raise VbpError(f"--no-compensation contradicts --compensation {args.compensation}: give one of them")
-    compensation = "none" if args.no_compensation else args.compensation or "mean"
     ridge = getattr(args, "ridge", None)
+    compensation = "none" if args.no_compensation else args.compensation or ("affine" if ridge is not None else "mean")
     if ridge is None:
         return Compensation.resolve(compensation)
     if compensation != "affine":
         raise VbpError(f"--ridge applies to --compensation affine only, not {compensation}")
     return Affine(ridge=ridge)
+
+
+PAPER_METHOD = {"criterion": "variance", "compensation": "mean", "scope": "global"}
+GATED_METHOD = {"criterion": "weighted_variance", "compensation": "affine", "scope": "residual"}
+
+
+def settle_method(args, model: nn.Module) -> None:
+    """Fill in the --criterion, --compensation and --scope the user left out: the paper's VBP (variance, mean,
+    global) for plain MLPs; for gated MLPs (LLaMA, Qwen, ...) what docs/llm.md measured best, said in one line:
+    their hidden means sit near zero, so mean compensation does nothing, and raw scores span orders of magnitude
+    across a deep LM's layers, so they are compared relative to the residual stream (scope residual; per layer
+    where the model has no repeated blocks, or the criterion scores in other units)."""
+    from ..criteria import Criterion
+    from ..streams import stream_block
+
+    sites = find_sites(model)
+    gated = any(s.gated for s in sites)
+    defaults = dict(PAPER_METHOD)
+    if gated:
+        defaults = dict(GATED_METHOD)
+        criterion = Criterion.resolve(args.criterion or defaults["criterion"])
+        if not criterion.output_units or any(stream_block(model, s) is None for s in sites):
+            defaults["scope"] = "layer" if args.ratio is not None else "global"
+        if args.no_compensation:
+            defaults.pop("compensation")
+    chosen = {k: v for k, v in defaults.items() if getattr(args, k, None) is None}
+    for key, value in chosen.items():
+        setattr(args, key, value)
+    if chosen and gated:
+        said = " ".join(f"--{k} {v}" for k, v in chosen.items())
+        print(f"gated MLPs: pruning with {said} (measured best, docs/llm.md); the paper's VBP is --criterion variance "
+              "--compensation mean --scope global", file=sys.stderr)
 
 
 def weights_of(name: str, pretrained: bool, checkpoint: str | None, num_classes: int | None) -> dict:
@@ -213,6 +245,12 @@ def stats_for(args, model: nn.Module) -> Stats:
         stats.check_weights(weights_fingerprint(model), source=f"the statistics in {args.stats}")
     print(f"statistics from {args.stats}")
     return stats
+
+
+def builder_named(given: str) -> str | None:
+    """--model as `load_pruned`'s model=: a py: builder the user names (their consent to run it); None for other
+    ids, which check_model_of_pruned compares with the file (the default, the embedded model, names none)."""
+    return given if given.startswith("py:") else None
 
 
 def check_model_of_pruned(given: str, pruned: nn.Module, path: str) -> None:

@@ -6,13 +6,15 @@ data files and folders, statistics, pruned models, a teacher's folder. Outputs a
 Output folders are `vbp.output_folder`'s: owned by one command and model, replaced whole.
 """
 
+import errno
 import json
+import os
 from pathlib import Path
 
 from ..errors import VbpError
 
 PRUNE_FILES = ("model.safetensors", "plan.json", "stats.safetensors")
-FINETUNE_FILES = ("model.safetensors", "checkpoint.pt", "log.json", "log.csv")
+FINETUNE_FILES = ("model.safetensors", "checkpoint.pt", "log.json", "log.csv", "teacher_text.jsonl")
 SWEEP_FILES = (
     "table.csv",
     "table.md",
@@ -28,9 +30,11 @@ BUILTIN_DATA = ("digits", "synthetic")
 
 
 def _model_folder(model_id: str | None) -> str | None:
-    """The local folder an `hf:` id loads from (None for other ids and hub ids)."""
+    """The local folder an `hf:` id loads from, or the file a `gguf:` id names (None for other ids and hub ids)."""
     if model_id and model_id.startswith("hf:") and Path(model_id[3:]).is_dir():
         return model_id[3:]
+    if model_id and model_id.startswith("gguf:") and Path(model_id[5:]).exists():
+        return model_id[5:]
     return None
 
 
@@ -109,7 +113,29 @@ def _add_output(outputs: dict[Path, str], path: Path, option: str) -> None:
 
 def check_outputs_spare_inputs(command: str, args) -> None:
     """Refuse, before any work, an output that is one of the run's inputs or lies inside an input folder:
-    writing it would destroy what the user has. Paths are compared resolved (links, `..`, relative paths)."""
+    writing it would destroy what the user has. Paths are compared resolved (links, `..`, relative paths); a
+    symbolic link that leads back to itself is refused, naming it."""
+    try:
+        _check_outputs_spare_inputs(command, args)
+    except (RuntimeError, OSError) as exc:  # Path.resolve in a link loop: RuntimeError before Python 3.13, then OSError
+        loop = getattr(exc, "filename", None) or str(exc).removeprefix("Symlink loop from ").strip("'")
+        if getattr(exc, "errno", None) != errno.ELOOP and not str(exc).startswith("Symlink loop from "):
+            raise
+        raise VbpError(f"{_first_loop(loop)} is a symbolic link that leads back to itself: give a real file or folder") from exc
+
+
+def _first_loop(path: str) -> Path:
+    """The first component of `path`, from the top, that is a symbolic link loop (`path` when none is found)."""
+    for candidate in reversed([Path(path), *Path(path).parents]):
+        try:
+            os.stat(candidate)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return candidate
+    return Path(path)
+
+
+def _check_outputs_spare_inputs(command: str, args) -> None:
     inputs = {option: Path(path).resolve() for option, path in command_inputs(command, args).items()}
     for output, out_option in command_outputs(command, args).items():
         target = output.resolve()

@@ -22,7 +22,7 @@ from .arguments import (
     add_sequential_arg,
     add_stats_args,
 )
-from .options import check_stats_args, compensation_of, model_of, pruned_model, stats_for
+from .options import check_stats_args, compensation_of, model_of, pruned_model, settle_method, stats_for
 from .paths import carried_inputs, check_output_kinds, check_outputs_spare_inputs, command_outputs, written_hint
 
 NAME = "prune"
@@ -74,6 +74,7 @@ def run(args) -> None:
         check_writable(path)
     args.written = []  # for the message after Ctrl-C
     model = model_of(args, reads_data=not args.stats or args.sequential)
+    settle_method(args, model)
     check_selection_options(site_widths(model), args.min_keep, args.round_to)
     table = latency_table_of(args, model)
     stats = stats_for(args, model)

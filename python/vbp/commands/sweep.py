@@ -33,7 +33,7 @@ def add_arguments(p) -> None:
     )
     add_selection_args(p)
     # --criterion / --compensation name one method instead of --methods (unset criterion: variance, compensation: mean)
-    p.set_defaults(criterion=None, compensation=None)
+    p.set_defaults(criterion=None, compensation=None, scope="global")
     p.add_argument("--finetune-epochs", type=int, default=0, help="fine-tune every pruned model this many epochs")
     p.add_argument("--samples", type=int, default=4096, help="activation values sampled per site for histograms")
     p.add_argument("--figure-rate", type=float, default=0.5, help="rate shown in the layer and curve figures")

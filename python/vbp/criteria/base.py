@@ -2,6 +2,7 @@
 
 from abc import abstractmethod
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -16,9 +17,12 @@ CRITERIA: Registry[str, type["Criterion"]] = Registry("criterion")
 
 @dataclass(frozen=True)
 class Criterion(Strategy):
-    """A neuron score; its fields are its options. needs: subset of {"model", "covariance"}."""
+    """A neuron score; its fields are its options. needs: subset of {"model", "covariance"}. output_units: the
+    score is what removing the neuron costs in the consumer's output (squared), comparable across sites once
+    divided by the residual stream's size (scope "residual")."""
 
     registry = CRITERIA
+    output_units: ClassVar[bool] = False
 
     @abstractmethod
     def scores(self, stats: Stats, model: nn.Module | None, seed: int) -> dict[str, torch.Tensor]:

@@ -53,6 +53,7 @@ class Redundancy(Criterion):
 
     ridge: float = DEFAULT_RIDGE
     needs = frozenset({"model", "covariance"})
+    output_units = True
 
     def __post_init__(self):
         check_ridge(self.ridge)

@@ -10,6 +10,7 @@ from .base import CRITERIA, Criterion, consumer_column_norms
 @dataclass(frozen=True)
 class WeightedVariance(Criterion):
     needs = frozenset({"model"})
+    output_units = True
 
     def scores(self, stats, model, seed):
         norms = consumer_column_norms(model)

@@ -6,7 +6,7 @@ nothing from here; submodules load when first used (`vbp.workflows.data`)."""
 import importlib
 
 MODULES = ("data", "demo", "digits", "distill", "evaluate", "export", "figures", "finetune", "generation", "images",
-           "minilm", "report", "sweep", "text", "text_demo", "unreadable")
+           "minilm", "report", "sweep", "teacher_text", "text", "text_demo", "unreadable")
 
 
 def __getattr__(name: str):

@@ -63,8 +63,9 @@ def _mean_over(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def token_kl_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """`soft_kl` per token [B, T, vocab], averaged over real tokens."""
-    return _mean_over(soft_kl(student_logits, teacher_logits, temperature), mask)
+    """`soft_kl` per token [B, T, vocab], averaged over real tokens. Only the real tokens' logits enter the
+    softmaxes: over a vocabulary of tens of thousands, padding would cost what a real token does."""
+    return soft_kl(student_logits[mask], teacher_logits[mask], temperature).mean()
 
 
 def hidden_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:

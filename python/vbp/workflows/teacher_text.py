@@ -167,6 +167,17 @@ def _read_cache(path: Path, header: dict) -> tuple[list[str], list[str]] | None:
     return (train, held) if ok else None
 
 
+def cached_texts(
+    teacher: nn.Module, count: int, seed: int, cache: str | Path | None, new_tokens: int = NEW_TOKENS,
+    prompts: list[str] | None = None,
+) -> tuple[list[str], list[str]] | None:
+    """What `teacher_texts` would return from `cache`, or None when it would generate them."""
+    if cache is None:
+        return None
+    prompts = distill_prompts() if prompts is None else prompts
+    return _read_cache(Path(cache), _header(teacher, count, held_out_count(count), seed, new_tokens, prompts))
+
+
 def teacher_texts(
     teacher: nn.Module, tokenizer, count: int, seed: int, cache: str | Path | None = None, progress: bool = False,
     new_tokens: int = NEW_TOKENS, prompts: list[str] | None = None,

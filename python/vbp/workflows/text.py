@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import VbpError
 from ..families import gguf
+from ..files import check_input_file
 
 MAX_TOKENS = 128  # sentences are truncated to this many tokens
 MIN_TOKENIZER_FRACTION = 0.5  # a tokenizer with fewer tokens than this share of the embedding rows is not the model's
@@ -24,6 +25,7 @@ def read_sentences(path: str | os.PathLike, limit: int | None = None) -> list[st
     path = Path(path)
     if not path.is_file():
         raise VbpError(f"text file {path} does not exist; give a file with one sentence per line")
+    check_input_file(path, "text file")  # unreadable: said as such
     try:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
     except UnicodeDecodeError as exc:
