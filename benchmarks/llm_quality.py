@@ -102,16 +102,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rates", default="0.3,0.5,0.2,0.1")
     parser.add_argument("--stats", help="statistics file: read when it exists, else written after calibrating")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated names of METHODS")
+    parser.add_argument("--methods", default=";".join(METHODS), help="names of METHODS, separated by ;")
     parser.add_argument("--prompts", type=int, default=12, help="prompts of the shipped set for generation fidelity")
+    parser.add_argument("--sentences", type=int, default=256, help="held-out sentences of each kind")
     parser.add_argument("--out", default="benchmarks/results/llm_quality.json")
     args = parser.parse_args()
     start = time.perf_counter()
     model, tokenizer = smollm2()
     calibration = list(text_loader(calibration_sentences(512), tokenizer, BATCH))
     held_out = {
-        "docstrings": list(text_loader(evaluation_sentences(256), tokenizer, BATCH)),
-        "prose": list(text_loader(prose_sentences(256), tokenizer, BATCH)),
+        "docstrings": list(text_loader(evaluation_sentences(args.sentences), tokenizer, BATCH)),
+        "prose": list(text_loader(prose_sentences(args.sentences), tokenizer, BATCH)),
     }
     if args.stats and Path(args.stats).exists():
         stats = Stats.load(args.stats)
@@ -127,7 +128,7 @@ def main() -> None:
              "generation_prefix_match": 1.0, "self_generated_perplexity": generation.perplexity}]
     print(json.dumps(rows[0]), flush=True)
     for rate in sorted(float(r) for r in args.rates.split(",")):
-        for name in args.methods.split(","):
+        for name in args.methods.split(";"):
             criterion, compensation, scope = METHODS[name]
             if scope == "flap":
                 plan = flap_plan(stats, rate, model)

@@ -7,6 +7,7 @@ and config, a torchvision name, a Python builder), narrows each MLP site to its 
 weights; nothing is ever unpickled. Version 1 files (timm only, widths alone) still load.
 """
 
+import contextlib
 import json
 import os
 
@@ -32,10 +33,14 @@ def _site_meta(model: nn.Module) -> dict[str, dict]:
     return {s.name: {"width": s.width, "consumer_bias": s.consumer_layer.bias is not None} for s in find_sites(model)}
 
 
-def _build(source: dict, spec: list | None, sites: dict[str, dict], device: torch.device | str = "cpu") -> nn.Module:
-    """The architecture `source` describes with every MLP site narrowed as `sites` says (weights uninitialised)."""
+def _build(
+    source: dict, spec: list | None, sites: dict[str, dict], device: torch.device | str = "cpu", max_parameters=None
+) -> nn.Module:
+    """The architecture `source` describes with every MLP site narrowed as `sites` says (weights uninitialised).
+    max_parameters: stop building (a VbpError) once the constructor has made more parameters than this."""
     with torch.device(device):
-        model = build_model(source)
+        with _parameter_limit(max_parameters, source["model"]):
+            model = build_model(source)
         if device == "meta":
             model.__dict__[_UNPRUNED_BYTES] = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         found = {s.name: s for s in find_sites(model, spec)}
@@ -47,6 +52,58 @@ def _build(source: dict, spec: list | None, sites: dict[str, dict], device: torc
         for name, site in sites.items():
             found[name].set_width(site["width"], consumer_bias=site.get("consumer_bias"))
     return model
+
+
+def _check_sizes_fit(source: dict, state: dict[str, torch.Tensor], path) -> None:
+    """Refuse timm and torchvision constructor arguments with a whole number larger than the file's weights hold
+    (depth 10**9): a size of a model's architecture (depth, width, classes, image size) is never larger than its
+    number of weights, and the constructor would work on it before any layer exists (timm lists a drop-path rate
+    per block). `_parameter_limit` stops Hugging Face configs, whose constructors make layers at once."""
+    if source["model"].startswith(("hf:", "gguf:", "py:")):
+        return
+    weights = sum(t.numel() for t in state.values())
+
+    def sizes(value):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            return [n for item in value for n in sizes(item)]
+        return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+    too_large = [(k, n) for k, v in source.get("kwargs", {}).items() for n in sizes(v) if n > max(weights, 1024)]
+    if too_large:
+        name, size = too_large[0]
+        raise VbpError(
+            f"{path} asks to build {source['model']} with {name} {size}, more than the {weights} weights the file "
+            "holds: the file is damaged or was not written by vbp.save_pruned"
+        )
+
+
+@contextlib.contextmanager
+def _parameter_limit(limit: int | None, name: str):
+    """Count the parameters constructors register while the block runs and raise a VbpError past `limit`: a file
+    whose constructor arguments ask for far more layers than it has tensors (depth 10**9) is refused while it is
+    built, not after it has filled the memory with modules (the meta device holds no data, but every module is a
+    Python object)."""
+    if limit is None:
+        yield
+        return
+    made = 0
+
+    def count(module, name_, parameter):
+        nonlocal made
+        made += 1
+        if made > limit:
+            raise VbpError(
+                f"'{name}' as the file describes it has more parameters than the file has tensors ({limit // 2 - 32}): "
+                "the file is damaged or was not written by vbp.save_pruned"
+            )
+
+    handle = torch.nn.modules.module.register_module_parameter_registration_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def save_pruned(model: nn.Module, path: str | os.PathLike, name: str | None = None, kwargs: dict | None = None) -> None:
@@ -91,7 +148,15 @@ def load_pruned(path: str | os.PathLike, device: torch.device | str = "cpu", mod
             source, spec, sites = meta["source"], meta["spec"], meta["sites"]
             sites = {name: {"width": _width(s["width"]), "consumer_bias": bool(s["consumer_bias"])} for name, s in sites.items()}
         check_source(source, model, path)
-        _check_shapes(_build(source, spec, sites, device="meta"), state, path, source["model"])
+        _check_sizes_fit(source, state, path)
+        try:
+            skeleton = _build(source, spec, sites, device="meta", max_parameters=2 * len(state) + 64)  # margin: ties
+        except VbpError as exc:
+            if str(exc).startswith("site spec"):  # the file's spec, not one the user gave: say so
+                raise VbpError(f"the MLP sites {path} names do not fit '{source['model']}' ({exc}); the file is damaged "
+                               "or was written for another version of its model") from exc
+            raise
+        _check_shapes(skeleton, state, path, source["model"])
         built = _build(source, spec, sites)
     except VbpError:
         raise

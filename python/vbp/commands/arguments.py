@@ -87,13 +87,13 @@ def add_selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--criterion",
         choices=CRITERIA.names(),
-        help="neuron score (VBP's, the default, is variance; weighted_variance for gated MLPs)",
+        help="neuron score (VBP's is variance). Default: variance, and weighted_variance for gated MLPs",
     )
     p.add_argument(
         "--compensation",
         choices=COMPENSATIONS.names(),
-        help="what replaces pruned hidden values: their mean (VBP, the default), their least-squares prediction from "
-        "the kept ones (affine, the default for gated MLPs; calibrates with covariance), or nothing",
+        help="what replaces pruned hidden values: their mean (VBP), their least-squares prediction from the kept ones "
+        "(affine; calibrates with covariance), or nothing. Default: mean, and affine for gated MLPs",
     )
     p.add_argument("--no-compensation", action="store_true", help="the same as --compensation none")
     p.add_argument(

@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import VbpError
 from ..files import check_writable
 from .arguments import add_data_args, add_model_args, add_overwrite_arg, add_resume_args
-from .options import calibrate_on_data, check_resume_args, model_of
+from .options import calibrate_on_data, check_data_options_used, check_resume_args, model_of
 from .paths import check_output_kinds, check_outputs_spare_inputs
 from .session import distributed_session
 
@@ -31,7 +31,8 @@ def add_arguments(p) -> None:
         "--checkpoint-every", type=int, dest="save_partial_every", default=argparse.SUPPRESS, help=argparse.SUPPRESS
     )
     add_resume_args(p, "STATS.partial", "data, batch size, weights")
-    add_overwrite_arg(p, "a --stats file that holds something else than statistics")
+    add_overwrite_arg(p, "a --stats file that holds something else than statistics (or another model's), or start "
+                      "over where STATS.partial holds an interrupted calibration")
     p.add_argument(
         "--covariance",
         action="store_true",
@@ -42,11 +43,13 @@ def add_arguments(p) -> None:
 
 def run(args) -> None:
     check_resume_args(args)
+    check_data_options_used(args, calibrates=True, reads_data=True, why="")
     if args.save_partial_every < 0:
         raise VbpError(f"--save-partial-every must be 0 (never) or a number of batches, got {args.save_partial_every}")
     check_outputs_spare_inputs(NAME, args)
     check_output_kinds(NAME, args)
     check_writable(args.stats)
+    _check_no_partial_discarded(args)
     with distributed_session(args.device) as (args.device, rank, world):
         partial = Path(f"{args.stats}.partial" + (f".rank{rank}" if world > 1 else ""))
         model = model_of(args)
@@ -67,6 +70,17 @@ def run(args) -> None:
             f"to {args.stats}"
         )
     partial.unlink(missing_ok=True)
+
+
+def _check_no_partial_discarded(args) -> None:
+    """An interrupted calibration's STATS.partial is continued with --resume or started over with --overwrite, never
+    silently: a run without --resume would start from zero and replace (or, when it ends, remove) it."""
+    partials = sorted(Path(args.stats).parent.glob(f"{glob.escape(Path(args.stats).name)}.partial*"))
+    if partials and not args.resume and not args.overwrite:
+        raise VbpError(
+            f"{partials[0]} holds the statistics of an interrupted calibration: give --resume to continue it, "
+            "--overwrite to start over (it is replaced), or another --stats"
+        )
 
 
 def interrupted_hint(args) -> str:

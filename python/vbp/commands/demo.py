@@ -29,13 +29,45 @@ def run(args) -> None:
 
     check_device(args.device)
     check_outputs_spare_inputs(NAME, args)
+    _check_output_folder(Path(args.output))
     if args.llm:
         from ..workflows.llm_demo import run_llm_demo
 
         if args.no_text or args.ratio != 0.5:
             raise VbpError("--llm runs the LLM part alone, at its own rates: leave out --no-text and --ratio")
         run_llm_demo(output=Path(args.output))
+        _claim(Path(args.output))
         return
     run_demo(ratio=args.ratio, output=Path(args.output), device=args.device)
     if not args.no_text:
         run_text_demo(output=Path(args.output))
+    _claim(Path(args.output))
+
+
+def _check_output_folder(out: Path) -> None:
+    """The demo writes its files into --output one by one: a folder another command (prune, finetune, ...) or a
+    program wrote is refused before any work, whose model or plan it would replace. A demo's folder is accepted,
+    also one an earlier vbp wrote without a manifest (demo files only, a table among them)."""
+    from ..output_folder import folder_files, read_manifest
+    from .paths import DEMO_FILES
+
+    names = folder_files(out) if out.is_dir() else []
+    if not names:
+        return
+    manifest = read_manifest(out)
+    if manifest is not None and manifest["command"] == NAME:
+        return
+    tables = {"minilm_table.md", "llm_table.md"}
+    if manifest is None and set(names) <= {*DEMO_FILES, *tables} and tables & set(names):
+        return
+    held = f"the output of vbp {manifest['command']} ({manifest['model']})" if manifest else (
+        f"files vbp demo did not write ({', '.join(names[:3])}{' and more' if len(names) > 3 else ''})")
+    raise VbpError(f"--output {out} holds {held}, which the demo's model.safetensors and plan.json would replace or "
+                   "join: give another --output")
+
+
+def _claim(out: Path) -> None:
+    """Record the demo as the owner of its folder (`vbp.output_folder`), so other commands refuse it."""
+    from ..output_folder import claim_folder
+
+    claim_folder(out, NAME, "embedded models")

@@ -27,6 +27,7 @@ from .arguments import (
 from .options import (
     batches,
     builder_named,
+    check_data_options_used,
     check_model_of_pruned,
     check_stats_args,
     compensation_of,
@@ -89,6 +90,8 @@ def run(args) -> None:
     elif args.sequential:
         raise VbpError("--sequential prunes site by site: give it with --ratio R")
     check_stats_args(args)
+    check_data_options_used(args, calibrates=args.ratio is not None and (not args.stats or args.sequential),
+                            reads_data=True, why="this run calibrates nothing (--pruned, --stats or no --ratio)")
     if args.latency_batch is not None and args.latency_batch < 1:
         raise VbpError(f"--latency-batch must be at least 1, got {args.latency_batch}")
     check_outputs_spare_inputs(NAME, args)

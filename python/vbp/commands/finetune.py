@@ -284,5 +284,5 @@ def _start_run(output: Path, model_id: str, overwrite: bool) -> None:
 
 def interrupted_hint(args) -> str:
     if (Path(args.output) / CHECKPOINT).is_file():
-        return f"run the same command with --resume to continue from the last epoch in {args.output}"
+        return f"run the same command with --resume to continue from the last checkpoint in {args.output}"
     return "no epoch was finished, so there is nothing to resume: run the same command again"

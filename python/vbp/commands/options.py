@@ -39,6 +39,37 @@ def check_stats_args(args) -> None:
         raise VbpError("--stats-anyway accepts --stats gathered on other weights: give it with --stats")
 
 
+CALIBRATION_ONLY = ("backend", "skip_nonfinite")  # data options that only shape a calibration
+DATA_OPTIONS = ("data", "batch_size", "num_batches", "skip_bad_images", *CALIBRATION_ONLY)
+
+
+def check_data_options_used(args, calibrates: bool, reads_data: bool, why: str, recorded: dict | None = None) -> None:
+    """Refuse data options (given: not at their defaults) that this run would ignore: all of them when it reads no
+    data (`reads_data`), --backend and --skip-nonfinite when it does not calibrate; --skip-bad-images when no data it
+    reads is an image folder. `why` says why, for the message ("--stats gives statistics gathered before").
+    recorded: the options the statistics were gathered with (`Stats.run`): one given as it was then is no surprise
+    (the same options given to calibrate and prune), and passes."""
+    import argparse
+
+    from .arguments import add_data_args
+
+    parser = argparse.ArgumentParser()
+    add_data_args(parser)
+    defaults = vars(parser.parse_args([]))
+    unused = DATA_OPTIONS if not reads_data else CALIBRATION_ONLY if not calibrates else ()
+    recorded = recorded or {}
+    given = ["--" + k.replace("_", "-") for k in unused
+             if getattr(args, k, defaults[k]) not in (defaults[k], recorded.get(k, defaults[k]))]
+    if given:
+        verb = "shapes" if len(given) == 1 else "shape"
+        what = "a calibration" if set(given) <= {"--backend", "--skip-nonfinite"} else "the data read"
+        raise VbpError(f"{', '.join(given)} {verb} {what}, and {why}: leave {'it' if len(given) == 1 else 'them'} out")
+    folders = [d for d in (args.data, getattr(args, "val_data", None)) if d and Path(d).is_dir()]
+    if reads_data and args.skip_bad_images and not folders:
+        raise VbpError(f"--skip-bad-images leaves out unreadable images, and --data {args.data} is no image folder: "
+                       "leave it out")
+
+
 def compensation_of(args) -> Compensation:
     """--compensation (with --ridge for affine), or none with --no-compensation; options that contradict each
     other are refused."""

@@ -25,7 +25,7 @@ SWEEP_FILES = (
     "fig7_pruned_activations.png",
     "fig8_retained_activations.png",
 )
-DEMO_FILES = ("model.safetensors", "plan.json", "minilm_table.md")
+DEMO_FILES = ("model.safetensors", "plan.json", "minilm_table.md", "llm_table.md")
 BUILTIN_DATA = ("digits", "synthetic")
 
 
@@ -164,6 +164,7 @@ def _check_outputs_spare_inputs(command: str, args) -> None:
 FILE_KINDS = {"--stats": "vbp statistics", "--stats (its .partial)": "vbp statistics", "--onnx": "an ONNX model",
               "--summary": "a vbp summary"}
 SUMMARY_KEYS = ("ratio_removed", "top1", "cosine")  # one of them is in every summary prune and eval write
+COMMAND_FILE_KINDS = {("profile", "--output"): "a vbp latency table"}  # options whose name other commands use too
 
 
 def check_output_kinds(command: str, args) -> None:
@@ -173,17 +174,49 @@ def check_output_kinds(command: str, args) -> None:
     if getattr(args, "overwrite", False):
         return
     for path, option in command_outputs(command, args).items():
-        kind = FILE_KINDS.get(option)
+        kind = COMMAND_FILE_KINDS.get((command, option), FILE_KINDS.get(option))
         if kind and path.is_file() and not _holds(path, kind):
             raise VbpError(
                 f"{option.split()[0]} {path} already exists and is not {kind}; writing would destroy it: give "
                 "another path, or --overwrite to replace it"
             )
+        if command == "calibrate" and option == "--stats" and path.is_file():  # statistics replace only their own
+            _check_same_model(path, _stats_model(path), args.model)
+
+
+def _stats_model(path: Path) -> str:
+    """The model a vbp statistics file was gathered on ("" when it does not say)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vbp", "{}"))
+    except (SafetensorError, OSError, ValueError):
+        return ""
+    return meta.get("model", "") if isinstance(meta, dict) and isinstance(meta.get("model"), str) else ""
+
+
+def _check_same_model(path: Path, recorded: str, model: str) -> None:
+    """Refuse to replace statistics gathered on another model than `model` (those took their own calibration)."""
+    from ..model_ids import canonical_id
+
+    same = lambda a, b: canonical_id(a).removeprefix("timm:") == canonical_id(b).removeprefix("timm:")  # noqa: E731
+    if recorded and not same(recorded, model):
+        raise VbpError(
+            f"--stats {path} holds the statistics of {recorded}, not {model}; writing would destroy them: give another "
+            "path, or --overwrite to replace them"
+        )
 
 
 def _holds(path: Path, kind: str) -> bool:
     if kind == "vbp statistics":
         return _vbp_format(path).startswith("vbp-stats/")
+    if kind == "a vbp latency table":
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        return isinstance(doc, dict) and str(doc.get("format", "")).startswith("vbp-latency/")
     if kind == "an ONNX model":
         return _is_onnx(path)
     try:

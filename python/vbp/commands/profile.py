@@ -6,9 +6,9 @@ import torch
 from ..errors import VbpError
 from ..files import check_writable
 from ..latency.profile import DEFAULT_ROUNDS, MAX_SPREAD, RUNTIMES, check_batch, profile
-from .arguments import add_latency_args, add_model_args
+from .arguments import add_latency_args, add_model_args, add_overwrite_arg
 from .options import model_of
-from .paths import check_outputs_spare_inputs
+from .paths import check_output_kinds, check_outputs_spare_inputs
 
 NAME = "profile"
 HELP = "measure the latency of a model's MLPs at candidate widths: a table for prune --target-speedup"
@@ -29,6 +29,7 @@ def add_arguments(p) -> None:
         f"machine; default {MAX_SPREAD})",
     )
     p.add_argument("--output", required=True, help="the table's JSON file")
+    add_overwrite_arg(p, "an --output file that holds something else than a latency table")
     p.set_defaults(data=None, skip_bad_images=False)  # profiling reads no data
 
 
@@ -41,6 +42,7 @@ def run(args) -> None:
     if args.runtime is None:
         args.runtime = RUNTIMES[0]
     check_outputs_spare_inputs(NAME, args)
+    check_output_kinds(NAME, args)
     check_writable(args.output)
     model = model_of(args, reads_data=False).to(getattr(torch, args.dtype))
     table = profile(model, args.latency_batch, args.runtime, args.rounds, max_spread=args.max_spread)

@@ -22,7 +22,15 @@ from .arguments import (
     add_sequential_arg,
     add_stats_args,
 )
-from .options import check_stats_args, compensation_of, model_of, pruned_model, settle_method, stats_for
+from .options import (
+    check_data_options_used,
+    check_stats_args,
+    compensation_of,
+    model_of,
+    pruned_model,
+    settle_method,
+    stats_for,
+)
 from .paths import carried_inputs, check_output_kinds, check_outputs_spare_inputs, command_outputs, written_hint
 
 NAME = "prune"
@@ -78,6 +86,9 @@ def run(args) -> None:
     check_selection_options(site_widths(model), args.min_keep, args.round_to)
     table = latency_table_of(args, model)
     stats = stats_for(args, model)
+    check_data_options_used(args, calibrates=not args.stats or args.sequential, reads_data=not args.stats or
+                            args.sequential, why="with --stats no data is read (the statistics were gathered before)",
+                            recorded=stats.run)
     plan, pruned = pruned_model(args, model, stats, table)
     summary = summarize(model, pruned, args.model, plan.ratio)
     if table is not None or args.latency_batch:
@@ -125,6 +136,9 @@ def check_target_args(args) -> None:
         raise VbpError(f"--latency-budget-ms must be a positive, finite number of milliseconds, got {args.latency_budget_ms}")
     if args.latency_batch is not None:
         check_batch(args.latency_batch)
+    if args.runtime and args.latency_batch is None and args.latency_table is None:  # nothing timed or predicted
+        raise VbpError(f"--runtime {args.runtime} is the runtime a latency is measured or predicted for, and this run "
+                       "has none: give --latency-batch N (or --latency-table FILE), or leave it out")
     has_table = args.latency_table is not None and Path(args.latency_table).exists()
     if args.ratio is None and args.latency_batch is None and not has_table:
         raise VbpError(

@@ -35,6 +35,8 @@ def cache_root() -> Path:
 def cache_folder(path: Path) -> Path:
     """The Hugging Face folder the GGUF file `path` converts to, converted now if it is not cached."""
     path = Path(os.path.realpath(path))
+    if path.is_dir():
+        raise VbpError(f"gguf:{path} is a folder, not a GGUF file: give the path of the .gguf file (gguf:FILE)")
     if not path.is_file():
         raise VbpError(f"gguf:{path}: no such file; give the path of a .gguf file (gguf:FILE)")
     stat = path.stat()
@@ -86,6 +88,8 @@ def create(name: str, pretrained: bool = True, **kwargs) -> nn.Module:
     folder; kwargs go to transformers' from_pretrained."""
     from . import hf
 
+    if not name:
+        raise VbpError("gguf: names no file: give the path of a .gguf file (gguf:FILE)")
     path = Path(os.path.realpath(name))
     model = hf.create(str(cache_folder(path)), **kwargs)
     setattr(model, GGUF_SOURCE, f"gguf:{path}")

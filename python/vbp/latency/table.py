@@ -155,7 +155,8 @@ class LatencyTable:
             if not w or len(w) != len(curve.ms) or w != sorted(set(w)) or w[0] < 0 or w[-1] != shape.hidden:
                 raise VbpError(f"{source}: the widths of shape {shape.in_features}->{shape.hidden} are invalid")
             if not all(np.isfinite(curve.ms)) or min(curve.ms) < 0:
-                raise VbpError(f"{source}: shape {shape.in_features}->{shape.hidden} has negative times")
+                raise VbpError(f"{source}: shape {shape.in_features}->{shape.hidden} has negative or non-finite times "
+                               "(NaN, inf); measure it again with vbp profile")
         if len(self.shapes) != len(self.curves) or any(not 0 <= i < len(self.shapes) for i in self.sites.values()):
             raise VbpError(f"{source}: its sites point at shapes it does not have")
         if not (np.isfinite(self.fixed_ms) and np.isfinite(self.full_ms) and 0 <= self.fixed_ms < self.full_ms):

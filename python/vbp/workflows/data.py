@@ -103,7 +103,8 @@ def check_data(spec: str, model: nn.Module) -> None:
     .txt file of sentences or synthetic token ids; other models take images ('digits', a folder, synthetic)."""
     text = spec.endswith(".txt")
     if is_text_model(model) and not text and spec != "synthetic":
-        raise VbpError(f"{hf.model_id(model)} is a text model: give --data FILE.txt (sentences, one per line)")
+        raise VbpError(f"{model_name(model) or hf.model_id(model)} is a text model: give --data FILE.txt (sentences, one per "
+                       "line)")
     if text and not is_text_model(model):
         raise VbpError(
             f"{spec} is text, for Hugging Face text models, and {model_name(model) or 'this model'} is not one: "
