@@ -15,29 +15,13 @@ import torch
 import transformers
 from safetensors import safe_open
 from safetensors.torch import save_file
+from test_hardening_iii import _refused  # one refusal check for both passes
 
 import vbp
 from vbp.cli import main
 from vbp.errors import VbpError
 from vbp.model_attributes import GGUF_SOURCE
 from vbp.workflows.data import check_data
-
-
-def _error(capsys, command: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith(f"vbp {command}: error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-def _refused(capsys, args: list[str], *fragments: str) -> str:
-    capsys.readouterr()
-    assert main(args) == 2
-    line = _error(capsys, args[0])
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
 
 
 def _rewritten(source, target, change) -> str:
