@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import transformers
+from test_hardening_pass import _error  # one error-line check for every hardening pass
 
 import vbp
 from vbp.cli import main
@@ -18,15 +19,6 @@ from vbp.workflows.data import dataset, loader
 
 PROFILE = importlib.import_module("vbp.latency.profile")  # the module (vbp.latency.profile is its function)
 WORDS = [f"w{i}" for i in range(95)]  # with BERT's 5 special tokens: one token per row of a 100-row embedding
-
-
-def _error(capsys, command: str) -> str:
-    """The one error line of a refused command (and no traceback)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith(f"vbp {command}: error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _refused(capsys, args: list[str], *fragments: str) -> str:

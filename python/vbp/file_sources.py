@@ -14,7 +14,7 @@ must never run code the file chooses, nor allocate what its tensors do not justi
 import os
 
 from .errors import VbpError
-from .model_ids import canonical_id
+from .model_ids import canonical_id, comparable_id
 
 # constructor arguments that fetch weights, configurations or files instead of describing an architecture
 _LOADING_KWARGS = frozenset(
@@ -33,7 +33,7 @@ def check_source(source: object, named: str | None, path) -> dict:
     if not isinstance(source, dict) or not isinstance(source.get("model"), str):
         raise VbpError(f"{path} names no model to rebuild (its 'source' is malformed); save it again")
     model = source["model"]
-    if named is not None and _same(named) != _same(model):  # a model named for nothing would be ignored
+    if named is not None and comparable_id(named) != comparable_id(model):  # a model named for nothing would be ignored
         raise VbpError(
             f"{path} was pruned from {model}, not {named}"
             + (", and vbp never runs code a file names: name that builder if you trust it" if model.startswith("py:")
@@ -57,11 +57,6 @@ def check_source(source: object, named: str | None, path) -> dict:
     if model.startswith(("hf:", "gguf:")):
         _check_attention(source.get("config"), path)
     return source
-
-
-def _same(model_id: str) -> str:
-    """A model id as compared with a file's: canonical, a timm name with or without "timm:"."""
-    return canonical_id(model_id).removeprefix("timm:")
 
 
 def _check_attention(config: object, path) -> None:

@@ -11,3 +11,13 @@ def canonical_id(model_id: str) -> str:
     if sep and rest and ((prefix == "hf" and Path(rest).is_dir()) or (prefix == "gguf" and Path(rest).is_file())):
         return f"{prefix}:{Path(rest).resolve()}"
     return model_id
+
+
+def comparable_id(model_id: str) -> str:
+    """The id as ids are compared: canonical, a timm name with or without "timm:"."""
+    return canonical_id(model_id).removeprefix("timm:")
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two ids name one model."""
+    return comparable_id(a) == comparable_id(b)

@@ -43,7 +43,7 @@ from torch import nn
 
 from .errors import VbpError
 from .files import _alive, write_text_atomic
-from .model_ids import canonical_id
+from .model_ids import comparable_id
 from .models import model_source
 
 MANIFEST = ".vbp-output.json"
@@ -54,7 +54,7 @@ _NEW, _OLD = ".new", ".old"  # suffixes of a folder being staged, and of the fol
 def folder_model_id(model_id: str) -> str:
     """The model an output folder is recorded for: the id in its canonical form (`hf:` folders resolved; a timm
     name with or without "timm:")."""
-    return canonical_id(model_id).removeprefix("timm:")
+    return comparable_id(model_id)
 
 
 def model_id_of(model: nn.Module) -> str:

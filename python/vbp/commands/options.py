@@ -287,12 +287,11 @@ def builder_named(given: str) -> str | None:
 def check_model_of_pruned(given: str, pruned: nn.Module, path: str) -> None:
     """Refuse a --model (other than the default) that is not the one the --pruned file was pruned from: the
     unpruned reference is rebuilt from the file, and the other model would be silently ignored."""
-    from ..model_ids import canonical_id
+    from ..model_ids import same_model
     from ..models import model_source
 
     recorded = model_source(pruned)["model"]
-    same = lambda a, b: canonical_id(a).removeprefix("timm:") == canonical_id(b).removeprefix("timm:")  # noqa: E731
-    if given != MODEL_NAME and not same(given, recorded):
+    if given != MODEL_NAME and not same_model(given, recorded):
         raise VbpError(
             f"--pruned {path} was pruned from {recorded}, not --model {given}: its unpruned reference is rebuilt "
             "from the file; leave out --model (or give that one)"

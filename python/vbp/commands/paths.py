@@ -186,22 +186,15 @@ def check_output_kinds(command: str, args) -> None:
 
 def _stats_model(path: Path) -> str:
     """The model a vbp statistics file was gathered on ("" when it does not say)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("vbp", "{}"))
-    except (SafetensorError, OSError, ValueError):
-        return ""
-    return meta.get("model", "") if isinstance(meta, dict) and isinstance(meta.get("model"), str) else ""
+    model = _vbp_meta(path).get("model", "")
+    return model if isinstance(model, str) else ""
 
 
 def _check_same_model(path: Path, recorded: str, model: str) -> None:
     """Refuse to replace statistics gathered on another model than `model` (those took their own calibration)."""
-    from ..model_ids import canonical_id
+    from ..model_ids import same_model
 
-    same = lambda a, b: canonical_id(a).removeprefix("timm:") == canonical_id(b).removeprefix("timm:")  # noqa: E731
-    if recorded and not same(recorded, model):
+    if recorded and not same_model(recorded, model):
         raise VbpError(
             f"--stats {path} holds the statistics of {recorded}, not {model}; writing would destroy them: give another "
             "path, or --overwrite to replace them"
@@ -211,31 +204,39 @@ def _check_same_model(path: Path, recorded: str, model: str) -> None:
 def _holds(path: Path, kind: str) -> bool:
     if kind == "vbp statistics":
         return _vbp_format(path).startswith("vbp-stats/")
-    if kind == "a vbp latency table":
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return False
-        return isinstance(doc, dict) and str(doc.get("format", "")).startswith("vbp-latency/")
     if kind == "an ONNX model":
         return _is_onnx(path)
+    doc = _json_document(path)
+    if kind == "a vbp latency table":
+        return str(doc.get("format", "")).startswith("vbp-latency/")
+    return "format" not in doc and any(k in doc for k in SUMMARY_KEYS)
+
+
+def _json_document(path: Path) -> dict:
+    """The JSON object in `path` ({} for anything else)."""
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(doc, dict) and "format" not in doc and any(k in doc for k in SUMMARY_KEYS)
+        return {}
+    return doc if isinstance(doc, dict) else {}
 
 
 def _vbp_format(path: Path) -> str:
     """The format tag of a vbp safetensors file ("vbp-stats/2", "vbp-model/2"); "" for any other file."""
+    tag = _vbp_meta(path).get("format", "")
+    return tag if isinstance(tag, str) else ""
+
+
+def _vbp_meta(path: Path) -> dict:
+    """The JSON metadata of a vbp safetensors file ({} for any other file)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(path, framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("vbp", "{}"))
     except (SafetensorError, OSError, ValueError):
-        return ""
-    return meta.get("format", "") if isinstance(meta, dict) and isinstance(meta.get("format"), str) else ""
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def _is_onnx(path: Path) -> bool:
